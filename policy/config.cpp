@@ -1,0 +1,597 @@
+// Config loading. The accepted settings are declared in one table per group
+// (name and type); anything else is an error naming file and line. Entries
+// from inline arrays and from list files go through the same add_entry().
+#include "policy/config.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <libconfig.h++>
+#include <sstream>
+#include <span>
+
+namespace tlspolicy {
+
+std::string Diagnostic::text(std::string_view severity) const {
+  if (line > 0) return fmt::format("{}:{}: {}: {}", file, line, severity, message);
+  return fmt::format("{}: {}: {}", file, severity, message);
+}
+
+namespace {
+
+using libconfig::Setting;
+using uchar = unsigned char;
+
+enum class Type { string, boolean, integer, strings, group, list };
+
+struct Key {
+  const char* name;
+  Type type;
+};
+
+constexpr Key kTopKeys[] = {
+    {"default", Type::string},   {"subdomains", Type::boolean}, {"recipient_delimiter", Type::string},
+    {"transport", Type::string}, {"route", Type::string},       {"outbound", Type::list},
+    {"inbound", Type::list},     {"daemon", Type::group},       {"milter", Type::group},
+};
+constexpr Key kOutboundKeys[] = {
+    {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
+    {"to_lists", Type::strings}, {"from", Type::strings},    {"from_lists", Type::strings},
+    {"subdomains", Type::boolean}, {"transport", Type::string},
+};
+constexpr Key kInboundKeys[] = {
+    {"name", Type::string},         {"from", Type::strings},       {"from_lists", Type::strings},
+    {"to", Type::strings},          {"to_lists", Type::strings},   {"clients", Type::strings},
+    {"client_lists", Type::strings}, {"subdomains", Type::boolean}, {"require", Type::string},
+    {"min_cipher_bits", Type::integer}, {"min_protocol", Type::string}, {"action", Type::string},
+    {"reply", Type::string},
+};
+constexpr Key kDaemonKeys[] = {
+    {"socketmap", Type::strings},     {"milter", Type::string},       {"user", Type::string},
+    {"group", Type::string},          {"socket_owner", Type::string}, {"socket_group", Type::string},
+    {"socket_mode", Type::string},    {"idle_timeout", Type::integer}, {"max_connections", Type::integer},
+    {"log_all_lookups", Type::boolean},
+};
+constexpr Key kMilterKeys[] = {
+    {"header", Type::string},          {"header_require", Type::string},
+    {"header_try", Type::string},      {"authenticated_is_outbound", Type::boolean},
+    {"outbound_clients", Type::strings}, {"outbound_daemons", Type::strings},
+    {"failure_action", Type::string},
+};
+
+std::string_view type_words(Type t) {
+  switch (t) {
+    case Type::string: return "a string in double quotes";
+    case Type::boolean: return "true or false";
+    case Type::integer: return "a number";
+    case Type::strings: return "a string or an array of strings [ \"a\", \"b\" ]";
+    case Type::group: return "a group { ... }";
+    case Type::list: return "a list of groups ( { ... }, { ... } )";
+  }
+  return "?";
+}
+
+bool has_type(const Setting& s, Type t) {
+  switch (t) {
+    case Type::string: return s.getType() == Setting::TypeString;
+    case Type::boolean: return s.getType() == Setting::TypeBoolean;
+    case Type::integer: return s.getType() == Setting::TypeInt || s.getType() == Setting::TypeInt64;
+    case Type::strings:
+      if (s.getType() == Setting::TypeString) return true;
+      if (s.getType() != Setting::TypeArray && s.getType() != Setting::TypeList) return false;
+      for (int i = 0; i < s.getLength(); ++i)
+        if (s[i].getType() != Setting::TypeString) return false;
+      return true;
+    case Type::group: return s.getType() == Setting::TypeGroup;
+    case Type::list: return s.getType() == Setting::TypeList;
+  }
+  return false;
+}
+
+long long as_int(const Setting& s) {
+  return s.getType() == Setting::TypeInt64 ? static_cast<long long>(s) : static_cast<int>(s);
+}
+
+struct Item {
+  std::string text;
+  std::string file;
+  int line;
+};
+
+class Loader {
+ public:
+  explicit Loader(std::string path) : path_(std::move(path)) {
+    auto slash = path_.rfind('/');
+    dir_ = slash == std::string::npos ? "." : path_.substr(0, slash);
+  }
+
+  LoadResult run();
+
+ private:
+  void error(const std::string& file, int line, std::string msg) {
+    if (result_.errors.size() < kMaxErrors)
+      result_.errors.push_back({file, line, std::move(msg)});
+    else
+      too_many_ = true;
+  }
+  void error(const Setting& s, std::string msg) { error(file_of(s), int(s.getSourceLine()), std::move(msg)); }
+  void warn(const Setting& s, std::string msg) {
+    result_.warnings.push_back({file_of(s), int(s.getSourceLine()), std::move(msg)});
+  }
+  std::string file_of(const Setting& s) const {
+    const char* f = s.getSourceFile();
+    return f ? f : path_;
+  }
+  uint32_t file_index(const std::string& f) {
+    for (size_t i = 0; i < snap_->files.size(); ++i)
+      if (snap_->files[i] == f) return uint32_t(i);
+    snap_->files.push_back(f);
+    return uint32_t(snap_->files.size() - 1);
+  }
+  bool check_keys(const Setting& group, std::span<const Key> keys, std::string_view what);
+  std::vector<Item> strings(const Setting& s);
+  void read_settings(const Setting& root);
+  void read_daemon(const Setting& g);
+  void read_milter(const Setting& g);
+  void read_outbound(const Setting& r, int index);
+  void read_inbound(const Setting& r, int index);
+  // Adds inline entries (key) and list-file entries (key_lists) of a rule.
+  void add_entries(const Setting& r, const char* key, const char* lists_key, Matcher& m,
+                   Dimension dim, bool subdomains, uint32_t rule);
+  void add_entry(Matcher& m, Dimension dim, bool subdomains, std::string_view text, uint32_t rule,
+                 uint32_t file, uint32_t line);
+  void read_list(const Setting& at, const std::string& name, Matcher& m, Dimension dim,
+                 bool subdomains, uint32_t rule);
+  uint32_t add_rule(Rule r) {
+    snap_->rules.push_back(std::move(r));
+    return uint32_t(snap_->rules.size() - 1);
+  }
+
+  static constexpr size_t kMaxErrors = 100;
+  std::string path_, dir_;
+  std::shared_ptr<Snapshot> snap_ = std::make_shared<Snapshot>();
+  LoadResult result_;
+  bool too_many_ = false;
+};
+
+// Reports unknown and mistyped settings, then removes them so the readers
+// below only ever see settings of the declared type.
+bool Loader::check_keys(const Setting& group, std::span<const Key> keys, std::string_view what) {
+  std::vector<std::string> bad;
+  for (int i = 0; i < group.getLength(); ++i) {
+    const Setting& s = group[i];
+    const char* name = s.getName();
+    const Key* k = nullptr;
+    for (auto& key : keys)
+      if (name && std::strcmp(key.name, name) == 0) k = &key;
+    if (!k) {
+      std::string known;
+      for (auto& key : keys) known += std::string(known.empty() ? "" : ", ") + key.name;
+      error(s, fmt::format("unknown setting \"{}\" in {} (known: {})", name ? name : "?", what, known));
+    } else if (!has_type(s, k->type)) {
+      error(s, fmt::format("setting \"{}\" must be {}", name, type_words(k->type)));
+    } else {
+      continue;
+    }
+    if (name) bad.push_back(name);
+  }
+  for (auto& name : bad) const_cast<Setting&>(group).remove(name.c_str());
+  return bad.empty();
+}
+
+std::vector<Item> Loader::strings(const Setting& s) {
+  std::vector<Item> out;
+  if (s.getType() == Setting::TypeString) {
+    out.push_back({s.c_str(), file_of(s), int(s.getSourceLine())});
+  } else {
+    for (int i = 0; i < s.getLength(); ++i)
+      out.push_back({s[i].c_str(), file_of(s[i]), int(s[i].getSourceLine())});
+  }
+  return out;
+}
+
+void Loader::add_entry(Matcher& m, Dimension dim, bool subdomains, std::string_view text,
+                       uint32_t rule, uint32_t file, uint32_t line) {
+  std::string problem;
+  auto e = parse_entry(text, dim, subdomains, &problem);
+  if (!e) {
+    error(snap_->files[file], int(line), problem);
+    return;
+  }
+  uint32_t id = uint32_t(snap_->entries.size());
+  snap_->entries.push_back({rule, file, line, uint32_t(snap_->entry_text.size()), uint32_t(text.size())});
+  snap_->entry_text.append(text);
+  const Rule& mine = snap_->rules[rule];
+  uint32_t clash = m.add(*e, id, [&](uint32_t other) {
+    return snap_->rules[snap_->entries[other].rule].same_effect(mine);
+  });
+  if (clash != Matcher::kNone) {
+    const Rule& theirs = snap_->rules[snap_->entries[clash].rule];
+    auto effect = [](const Rule& r) {
+      return r.direction == Direction::outbound
+                 ? r.policy.value()
+                 : std::string(r.require_tls ? action_name(r.action) : "no TLS required");
+    };
+    error(snap_->files[file], int(line),
+          fmt::format("\"{}\" ({} list of rule \"{}\": {}) conflicts with \"{}\" at {} (rule \"{}\": "
+                      "{}): one key, two policies; remove one of them",
+                      text, dimension_name(dim), mine.name, effect(mine), snap_->text(clash),
+                      snap_->where_entry(clash), theirs.name, effect(theirs)));
+  }
+}
+
+void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, Dimension dim,
+                       bool subdomains, uint32_t rule) {
+  bool here = path_.find('/') == std::string::npos;
+  std::string path = name.starts_with("/") || here ? name : dir_ + "/" + name;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    error(at, fmt::format("cannot open list file \"{}\": {}", path, std::strerror(errno)));
+    return;
+  }
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint32_t file = file_index(path);
+  uint32_t line = 0;
+  size_t pos = 0;
+  while (pos < data.size() && !too_many_) {
+    size_t nl = data.find('\n', pos);
+    if (nl == std::string::npos) nl = data.size();
+    std::string_view l(data.data() + pos, nl - pos);
+    pos = nl + 1;
+    ++line;
+    // A '#' starts a comment at the start of a line or after white space.
+    for (size_t h = l.find('#'); h != std::string_view::npos; h = l.find('#', h + 1))
+      if (h == 0 || l[h - 1] == ' ' || l[h - 1] == '\t') {
+        l = l.substr(0, h);
+        break;
+      }
+    while (!l.empty() && (l.back() == ' ' || l.back() == '\t' || l.back() == '\r')) l.remove_suffix(1);
+    while (!l.empty() && (l.front() == ' ' || l.front() == '\t')) l.remove_prefix(1);
+    if (l.empty()) continue;
+    add_entry(m, dim, subdomains, l, rule, file, line);
+  }
+}
+
+void Loader::add_entries(const Setting& r, const char* key, const char* lists_key, Matcher& m,
+                         Dimension dim, bool subdomains, uint32_t rule) {
+  if (r.exists(key))
+    for (auto& item : strings(r[key]))
+      add_entry(m, dim, subdomains, item.text, rule, file_index(item.file), uint32_t(item.line));
+  if (r.exists(lists_key))
+    for (auto& item : strings(r[lists_key])) {
+      const Setting& s = r[lists_key];
+      read_list(s.getType() == Setting::TypeString ? s : s[0], item.text, m, dim, subdomains, rule);
+    }
+}
+
+std::string rule_name(const Setting& r, const char* dir, int index) {
+  if (r.exists("name") && r["name"].getType() == Setting::TypeString) return r["name"].c_str();
+  return fmt::format("{} rule #{}", dir, index + 1);
+}
+
+void Loader::read_outbound(const Setting& r, int index) {
+  if (r.getType() != Setting::TypeGroup) {
+    error(r, "each outbound rule must be a group { ... }");
+    return;
+  }
+  check_keys(r, kOutboundKeys, "an outbound rule");
+  Rule rule;
+  rule.name = rule_name(r, "outbound", index);
+  rule.file = file_index(file_of(r));
+  rule.line = r.getSourceLine();
+  rule.direction = Direction::outbound;
+  if (!r.exists("level")) {
+    error(r, fmt::format("outbound rule \"{}\" has no level (e.g. level = \"encrypt\";)", rule.name));
+    return;
+  }
+  std::string problem;
+  auto p = parse_tls_policy(r["level"].c_str(), &problem);
+  if (!p) {
+    error(r["level"], problem);
+    return;
+  }
+  rule.policy = *p;
+  if (r.exists("transport")) {
+    rule.transport = r["transport"].c_str();
+    if (rule.transport.find(':') == std::string::npos || rule.transport.find_first_of(" \t") != std::string::npos)
+      error(r["transport"], fmt::format("transport \"{}\" must be service:nexthop, e.g. "
+                                        "\"smtp-tls-encrypt:\" or \"smtp-tls-encrypt:[relay.example]:587\"",
+                                        rule.transport));
+  }
+  bool has_to = r.exists("to") || r.exists("to_lists");
+  bool has_from = r.exists("from") || r.exists("from_lists");
+  if (!has_to && !has_from) {
+    error(r, fmt::format("outbound rule \"{}\" matches nothing: give to = [...], to_lists, from or "
+                         "from_lists",
+                         rule.name));
+    return;
+  }
+  if (has_from && !enforces_tls(rule.policy.level))
+    warn(r, fmt::format("sender rule \"{}\" has level {}: senders are only routed for levels that "
+                        "enforce TLS (encrypt or stricter)",
+                        rule.name, level_name(rule.policy.level)));
+  bool sub = r.exists("subdomains") ? bool(r["subdomains"]) : snap_->settings.subdomains;
+  uint32_t id = add_rule(std::move(rule));
+  add_entries(r, "to", "to_lists", snap_->destinations, Dimension::destination, sub, id);
+  add_entries(r, "from", "from_lists", snap_->senders, Dimension::sender, sub, id);
+}
+
+// A custom reply: "5xx x.y.z text" (or 4xx), placeholders from a fixed set.
+std::string check_reply(const std::string& reply) {
+  if (reply.size() < 5 || (reply[0] != '4' && reply[0] != '5') || !std::isdigit(uchar(reply[1])) ||
+      !std::isdigit(uchar(reply[2])) || reply[3] != ' ')
+    return fmt::format("reply \"{}\" must start with a 4xx or 5xx SMTP code, e.g. \"550 5.7.1 TLS "
+                       "required\"",
+                       reply);
+  if (reply.size() > 7 && std::isdigit(uchar(reply[4])) && reply[5] == '.' && reply[4] != reply[0])
+    return fmt::format("reply \"{}\": the enhanced status code must have the same class as the "
+                       "reply code ({}.x.y)",
+                       reply, reply[0]);
+  for (size_t i = reply.find('{'); i != std::string::npos; i = reply.find('{', i + 1)) {
+    auto close = reply.find('}', i);
+    auto name = reply.substr(i + 1, close == std::string::npos ? 0 : close - i - 1);
+    if (close == std::string::npos ||
+        (name != "bits" && name != "min_bits" && name != "version" && name != "min_protocol" &&
+         name != "rcpt" && name != "sender"))
+      return fmt::format("reply \"{}\": unknown placeholder (known: {{bits}}, {{min_bits}}, "
+                         "{{version}}, {{min_protocol}}, {{rcpt}}, {{sender}})",
+                         reply);
+  }
+  return {};
+}
+
+std::optional<Action> parse_action(std::string_view s) {
+  for (Action a : {Action::reject, Action::tempfail, Action::monitor})
+    if (action_name(a) == s) return a;
+  return std::nullopt;
+}
+
+void Loader::read_inbound(const Setting& r, int index) {
+  if (r.getType() != Setting::TypeGroup) {
+    error(r, "each inbound rule must be a group { ... }");
+    return;
+  }
+  check_keys(r, kInboundKeys, "an inbound rule");
+  Rule rule;
+  rule.name = rule_name(r, "inbound", index);
+  rule.file = file_index(file_of(r));
+  rule.line = r.getSourceLine();
+  rule.direction = Direction::inbound;
+  if (r.exists("require")) {
+    std::string v = r["require"].c_str();
+    if (v == "tls")
+      rule.require_tls = true;
+    else if (v == "none")
+      rule.require_tls = false;
+    else
+      error(r["require"], fmt::format("require = \"{}\": use \"tls\" or \"none\" (an exemption)", v));
+  }
+  if (r.exists("min_cipher_bits")) {
+    long long bits = as_int(r["min_cipher_bits"]);
+    if (bits < 1 || bits > 1024)
+      error(r["min_cipher_bits"], fmt::format("min_cipher_bits = {} is out of range (1..1024; "
+                                              "gateways commonly use 112 or 128)",
+                                              bits));
+    rule.min_bits = int(bits);
+  }
+  if (r.exists("min_protocol")) {
+    rule.min_protocol = r["min_protocol"].c_str();
+    if (protocol_rank(rule.min_protocol) == 0)
+      error(r["min_protocol"], fmt::format("min_protocol = \"{}\": use TLSv1, TLSv1.1, TLSv1.2 or "
+                                           "TLSv1.3",
+                                           rule.min_protocol));
+  }
+  if (r.exists("action")) {
+    auto a = parse_action(r["action"].c_str());
+    if (!a)
+      error(r["action"], fmt::format("action = \"{}\": use reject, tempfail or monitor", r["action"].c_str()));
+    else
+      rule.action = *a;
+  }
+  if (r.exists("reply")) {
+    rule.reply = r["reply"].c_str();
+    auto problem = check_reply(rule.reply);
+    if (!problem.empty()) error(r["reply"], problem);
+  }
+  if (!rule.require_tls && (rule.min_bits || !rule.min_protocol.empty()))
+    error(r, fmt::format("inbound rule \"{}\" says require = \"none\" but also sets a minimum",
+                         rule.name));
+  bool any = r.exists("from") || r.exists("from_lists") || r.exists("to") || r.exists("to_lists") ||
+             r.exists("clients") || r.exists("client_lists");
+  if (!any) {
+    error(r, fmt::format("inbound rule \"{}\" matches nothing: give from, to or clients (to = [ \"*\" ] "
+                         "for every recipient)",
+                         rule.name));
+    return;
+  }
+  bool sub = r.exists("subdomains") ? bool(r["subdomains"]) : snap_->settings.subdomains;
+  uint32_t id = add_rule(std::move(rule));
+  add_entries(r, "from", "from_lists", snap_->inbound_senders, Dimension::inbound_sender, sub, id);
+  add_entries(r, "to", "to_lists", snap_->inbound_recipients, Dimension::inbound_recipient, sub, id);
+  add_entries(r, "clients", "client_lists", snap_->clients, Dimension::client, sub, id);
+}
+
+// "inet:127.0.0.1:8461" or "unix:/path"; host must be an IP literal.
+std::string check_endpoint(const std::string& ep) {
+  if (ep.starts_with("unix:")) {
+    if (ep.size() > 5 && ep[5] == '/' && ep.size() < 5 + 108) return {};
+    return fmt::format("\"{}\": a unix socket needs an absolute path (unix:/run/tlspolicyd/x.sock)", ep);
+  }
+  if (ep.starts_with("inet:")) {
+    auto rest = std::string_view(ep).substr(5);
+    auto colon = rest.rfind(':');
+    if (colon != std::string_view::npos) {
+      auto host = rest.substr(0, colon);
+      if (host.starts_with("[") && host.ends_with("]")) host = host.substr(1, host.size() - 2);
+      auto port = rest.substr(colon + 1);
+      int p = 0;
+      bool ok = !port.empty() && port.size() <= 5;
+      for (char c : port) ok &= std::isdigit(uchar(c)) != 0, p = p * 10 + (c - '0');
+      if (parse_ip(host) && ok && p > 0 && p < 65536) return {};
+    }
+  }
+  return fmt::format("\"{}\" is not an endpoint: use inet:IP:PORT (e.g. inet:127.0.0.1:8461) or "
+                     "unix:/absolute/path",
+                     ep);
+}
+
+void Loader::read_daemon(const Setting& g) {
+  check_keys(g, kDaemonKeys, "daemon");
+  auto& d = snap_->settings.daemon;
+  if (g.exists("socketmap")) {
+    d.socketmap.clear();
+    for (auto& it : strings(g["socketmap"])) {
+      auto p = check_endpoint(it.text);
+      if (!p.empty()) error(it.file, it.line, p);
+      d.socketmap.push_back(it.text);
+    }
+  }
+  if (g.exists("milter")) {
+    d.milter = g["milter"].c_str();
+    auto p = check_endpoint(d.milter);
+    if (!d.milter.empty() && !p.empty()) error(g["milter"], p);
+  }
+  for (auto [key, field] : {std::pair{"user", &d.user}, {"group", &d.group},
+                            {"socket_owner", &d.socket_owner}, {"socket_group", &d.socket_group}})
+    if (g.exists(key)) *field = g[key].c_str();
+  if (g.exists("socket_mode")) {
+    std::string m = g["socket_mode"].c_str();
+    char* end = nullptr;
+    unsigned long v = std::strtoul(m.c_str(), &end, 8);
+    if (m.empty() || *end || v > 0777)
+      error(g["socket_mode"], fmt::format("socket_mode = \"{}\" is not an octal mode like \"0660\"", m));
+    d.socket_mode = unsigned(v);
+  }
+  if (g.exists("idle_timeout")) {
+    d.idle_timeout = int(as_int(g["idle_timeout"]));
+    if (d.idle_timeout < 11 || d.idle_timeout > 3600)
+      error(g["idle_timeout"], fmt::format("idle_timeout = {} must be 11..3600 seconds (longer than "
+                                           "Postfix's 10 s idle close)",
+                                           d.idle_timeout));
+  }
+  if (g.exists("max_connections")) {
+    d.max_connections = int(as_int(g["max_connections"]));
+    if (d.max_connections < 1 || d.max_connections > 100000)
+      error(g["max_connections"], fmt::format("max_connections = {} must be 1..100000", d.max_connections));
+  }
+  if (g.exists("log_all_lookups")) d.log_all_lookups = g["log_all_lookups"];
+}
+
+void Loader::read_milter(const Setting& g) {
+  check_keys(g, kMilterKeys, "milter");
+  auto& m = snap_->settings.milter;
+  for (auto [key, field] : {std::pair{"header", &m.header}, {"header_require", &m.header_require},
+                            {"header_try", &m.header_try}})
+    if (g.exists(key)) {
+      *field = g[key].c_str();
+      bool ok = !field->empty();
+      for (char c : *field) ok &= c > ' ' && c < 127 && (key != std::string_view("header") || c != ':');
+      if (!ok) error(g[key], fmt::format("{} = \"{}\" must be one printable word", key, *field));
+    }
+  if (g.exists("authenticated_is_outbound")) m.authenticated_is_outbound = g["authenticated_is_outbound"];
+  if (g.exists("outbound_daemons"))
+    for (auto& it : strings(g["outbound_daemons"])) m.outbound_daemons.push_back(it.text);
+  if (g.exists("outbound_clients")) {
+    Rule marker;
+    marker.name = "milter outbound_clients";
+    marker.file = file_index(file_of(g["outbound_clients"]));
+    marker.line = g["outbound_clients"].getSourceLine();
+    marker.is_default = true;
+    uint32_t id = add_rule(std::move(marker));
+    for (auto& it : strings(g["outbound_clients"]))
+      add_entry(snap_->outbound_clients, Dimension::client, false, it.text, id, file_index(it.file),
+                uint32_t(it.line));
+  }
+  if (g.exists("failure_action")) {
+    auto a = parse_action(g["failure_action"].c_str());
+    if (!a)
+      error(g["failure_action"], "failure_action must be reject, tempfail or monitor (monitor = accept)");
+    else
+      m.failure_action = *a;
+  }
+}
+
+void Loader::read_settings(const Setting& root) {
+  auto& s = snap_->settings;
+  if (root.exists("subdomains")) s.subdomains = root["subdomains"];
+  if (root.exists("recipient_delimiter")) s.recipient_delimiter = root["recipient_delimiter"].c_str();
+  if (root.exists("transport")) {
+    s.transport = root["transport"].c_str();
+    if (s.transport.find(':') == std::string::npos || s.transport.find_first_of(" \t") != std::string::npos)
+      error(root["transport"], fmt::format("transport \"{}\" must be service:nexthop, e.g. "
+                                           "\"smtp-tls-encrypt:\" or \"smtp-tls-encrypt:[relay.example]:587\"",
+                                           s.transport));
+  }
+  if (root.exists("route")) {
+    std::string r = root["route"].c_str();
+    if (r == "stricter")
+      s.route = Route::stricter;
+    else if (r == "enforced")
+      s.route = Route::enforced;
+    else
+      error(root["route"], fmt::format("route = \"{}\": use \"stricter\" (recipients whose own rule is "
+                                       "stricter than their domain's) or \"enforced\" (every recipient "
+                                       "whose level enforces TLS)",
+                                       r));
+  }
+  if (root.exists("default")) {
+    std::string problem;
+    auto p = parse_tls_policy(root["default"].c_str(), &problem);
+    if (!p) {
+      error(root["default"], problem);
+    } else {
+      Rule d;
+      d.name = "default";
+      d.file = file_index(file_of(root["default"]));
+      d.line = root["default"].getSourceLine();
+      d.is_default = true;
+      d.policy = *p;
+      snap_->default_rule = add_rule(std::move(d));
+    }
+  }
+  if (root.exists("daemon")) read_daemon(root["daemon"]);
+  if (root.exists("milter")) read_milter(root["milter"]);
+}
+
+LoadResult Loader::run() {
+  libconfig::Config cfg;
+  cfg.setIncludeDir(dir_.c_str());
+  {
+    std::ifstream probe(path_);
+    if (!probe) {
+      error(path_, 0, fmt::format("cannot open configuration: {}", std::strerror(errno)));
+      return std::move(result_);
+    }
+  }
+  try {
+    cfg.readFile(path_.c_str());
+  } catch (const libconfig::ParseException& e) {
+    error(e.getFile() ? e.getFile() : path_, e.getLine(), fmt::format("syntax error: {}", e.getError()));
+    return std::move(result_);
+  } catch (const libconfig::FileIOException&) {
+    error(path_, 0, "cannot read configuration (or a file it @includes)");
+    return std::move(result_);
+  }
+  file_index(path_);
+  const Setting& root = cfg.getRoot();
+  check_keys(root, kTopKeys, "the top level");
+  read_settings(root);
+  for (auto [key, outbound] : {std::pair{"outbound", true}, {"inbound", false}}) {
+    if (!root.exists(key) || !has_type(root[key], Type::list)) continue;
+    const Setting& list = root[key];
+    for (int i = 0; i < list.getLength() && !too_many_; ++i)
+      outbound ? read_outbound(list[i], i) : read_inbound(list[i], i);
+  }
+  if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
+  result_.files = snap_->files;
+  if (result_.errors.empty()) result_.snapshot = std::move(snap_);
+  return std::move(result_);
+}
+
+}  // namespace
+
+LoadResult load_policy(const std::string& path) { return Loader(path).run(); }
+
+}  // namespace tlspolicy

@@ -1,0 +1,396 @@
+// Map answers. Keys arrive as Postfix sends them (any case, trailing dots,
+// [ip]:port, .parent, +extensions) and are normalised here, once, for every
+// front end.
+#include "policy/maps.hpp"
+
+#include <fmt/format.h>
+
+namespace tlspolicy {
+
+std::optional<MapName> parse_map_name(std::string_view n) {
+  if (n == "tls-policy") return MapName::tls_policy;
+  if (n == "transport") return MapName::transport;
+  if (n == "sender-transport") return MapName::sender_transport;
+  if (n == "inbound") return MapName::inbound;
+  return std::nullopt;
+}
+
+std::string_view map_name(MapName m) {
+  switch (m) {
+    case MapName::tls_policy: return "tls-policy";
+    case MapName::transport: return "transport";
+    case MapName::sender_transport: return "sender-transport";
+    case MapName::inbound: return "inbound";
+  }
+  return "?";
+}
+
+namespace {
+
+// Records hits: only the first unless explaining.
+struct Collector {
+  std::vector<Step>* trail;
+  uint32_t first = kNone;
+  const Snapshot& s;
+  bool operator()(const Hit& h) {
+    if (first == kNone) first = h.entry;
+    if (trail) trail->push_back({s.entries[h.entry].rule, h.entry, h.kind, std::string(h.matched), h.prefix});
+    return trail != nullptr;
+  }
+};
+
+void add_default(const Snapshot& s, std::vector<Step>* trail) {
+  if (trail && s.default_rule != kNone) trail->push_back({s.default_rule, kNone, HitKind::any, {}, 0});
+}
+
+// Splits a next-hop key into an IP address or a host name, Postfix style:
+// "[192.0.2.1]", "[192.0.2.1]:2525", "[ipv6:2001:db8::1]", "host:port",
+// ".parent", "example.com.".
+struct NextHop {
+  std::optional<IpAddr> ip;
+  std::string_view host;
+  bool sub_only = false;
+};
+
+std::optional<NextHop> parse_next_hop(std::string_view k) {
+  NextHop h;
+  if (k.starts_with("[")) {
+    auto close = k.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    auto rest = k.substr(close + 1);
+    if (!rest.empty() && !rest.starts_with(":")) return std::nullopt;
+    auto inner = k.substr(1, close - 1);
+    if (inner.starts_with("ipv6:")) inner.remove_prefix(5);
+    h.ip = parse_ip(inner);
+    if (!h.ip) h.host = inner;
+    return h;
+  }
+  if (auto ip = parse_ip(k)) {
+    h.ip = ip;
+    return h;
+  }
+  auto colon = k.rfind(':');
+  if (colon != std::string_view::npos) k = k.substr(0, colon);
+  if (k.starts_with(".")) {
+    h.sub_only = true;
+    k.remove_prefix(1);
+  }
+  if (k.ends_with(".")) k.remove_suffix(1);
+  h.host = k;
+  return h;
+}
+
+Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
+  Answer a;
+  char buf[256];
+  if (key.empty() || key.size() >= sizeof buf) return a;
+  for (size_t i = 0; i < key.size(); ++i) buf[i] = ascii_lower(key[i]);
+  std::string_view k(buf, key.size());
+  std::vector<Step> trail;
+  Collector c{explain ? &trail : nullptr, kNone, s};
+  if (k.find('@') != std::string_view::npos) {
+    auto addr = normalize_address(k, s.settings.recipient_delimiter);
+    s.destinations.visit_address(addr, c);
+  } else if (auto hop = parse_next_hop(k)) {
+    if (hop->ip)
+      s.destinations.visit_ip(*hop->ip, c);
+    else if (!hop->host.empty())
+      s.destinations.visit_domain(hop->host, hop->sub_only, c);
+  }
+  add_default(s, c.trail);
+  uint32_t rule = c.first != kNone ? s.entries[c.first].rule : s.default_rule;
+  if (rule != kNone) {
+    a.found = true;
+    a.value = s.rules[rule].policy.value();
+  }
+  if (explain) {
+    a.trail = std::move(trail);
+    a.reasoning = c.first != kNone ? "the most specific matching rule decides"
+                  : rule != kNone  ? "no rule matches, so the default applies"
+                                   : "no rule matches and there is no default: Postfix's own "
+                                     "smtp_tls_security_level applies";
+  }
+  return a;
+}
+
+// Level of a recipient from the destination rules: the first hit (address,
+// exact domain, nearest parent) and the domain-level answer without the
+// address rule, for "is this recipient stricter than its domain?".
+struct RecipientLevels {
+  uint32_t address_rule = kNone;  // rule of an address entry, if any
+  uint32_t domain_rule = kNone;   // rule of the domain/parent entry, else the default
+  Level domain_level = Level::may;
+};
+
+RecipientLevels recipient_levels(const Snapshot& s, std::string_view addr, std::vector<Step>* trail) {
+  RecipientLevels r;
+  s.destinations.visit_address(addr, [&](const Hit& h) {
+    uint32_t rule = s.entries[h.entry].rule;
+    if (trail) trail->push_back({rule, h.entry, h.kind, std::string(h.matched), 0});
+    if (h.kind == HitKind::address) {
+      if (r.address_rule == kNone) r.address_rule = rule;
+    } else if (r.domain_rule == kNone) {
+      r.domain_rule = rule;
+    }
+    return trail != nullptr || r.domain_rule == kNone;
+  });
+  if (r.domain_rule == kNone) r.domain_rule = s.default_rule;
+  add_default(s, trail);
+  if (r.domain_rule != kNone) r.domain_level = s.rules[r.domain_rule].policy.level;
+  return r;
+}
+
+const std::string& transport_of(const Snapshot& s, uint32_t rule) {
+  const auto& t = s.rules[rule].transport;
+  return t.empty() ? s.settings.transport : t;
+}
+
+Answer transport(const Snapshot& s, std::string_view key, bool explain) {
+  Answer a;
+  if (key.find('@') == std::string_view::npos || key.size() > 2048) return a;
+  auto addr = normalize_address(key, s.settings.recipient_delimiter);
+  auto r = recipient_levels(s, addr, explain ? &a.trail : nullptr);
+  uint32_t decider = kNone;
+  if (r.address_rule != kNone) {
+    Level own = s.rules[r.address_rule].policy.level;
+    bool route = s.settings.route == Route::stricter ? rank(own) > rank(r.domain_level) : enforces_tls(own);
+    if (route) decider = r.address_rule;
+    if (explain)
+      a.reasoning = route ? fmt::format("the address rule ({}) is stricter than its domain's level ({}), "
+                                        "so this recipient is routed to the enforcing transport",
+                                        level_name(own), level_name(r.domain_level))
+                          : fmt::format("the address rule ({}) is not stricter than its domain's level "
+                                        "({}): the tls-policy map covers it",
+                                        level_name(own), level_name(r.domain_level));
+  } else if (s.settings.route == Route::enforced && r.domain_rule != kNone &&
+             r.domain_rule != s.default_rule && enforces_tls(r.domain_level)) {
+    decider = r.domain_rule;
+    if (explain) a.reasoning = "route = \"enforced\": every recipient under an enforcing rule is routed";
+  } else if (explain) {
+    a.reasoning = "no address rule for this recipient: the tls-policy map decides per next hop";
+  }
+  if (decider != kNone) {
+    a.found = true;
+    a.value = transport_of(s, decider);
+  }
+  return a;
+}
+
+Answer sender_transport(const Snapshot& s, std::string_view key, bool explain) {
+  Answer a;
+  if (key.find('@') == std::string_view::npos || key.size() > 2048) return a;
+  uint32_t rule = kNone;
+  Level l = sender_level(s, key, &rule);
+  if (explain && rule != kNone) {
+    auto addr = normalize_address(key, s.settings.recipient_delimiter);
+    Collector c{&a.trail, kNone, s};
+    s.senders.visit_address(addr, c);
+  }
+  if (rule != kNone && enforces_tls(l)) {
+    a.found = true;
+    a.value = transport_of(s, rule);
+  }
+  if (explain)
+    a.reasoning = rule == kNone       ? "no sender rule matches"
+                  : enforces_tls(l) ? "mail from this sender must leave over TLS: routed to the enforcing transport"
+                                    : "the sender rule does not enforce TLS, so nothing is routed";
+  return a;
+}
+
+// Standard replies; a rule's own reply template replaces all of them.
+std::string expand(std::string_view tmpl, const Rule& r, const TlsFacts& f, std::string_view sender,
+                   std::string_view rcpt) {
+  std::string out;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] == '{') {
+      auto close = tmpl.find('}', i);
+      auto name = tmpl.substr(i + 1, close - i - 1);
+      if (name == "bits") out += std::to_string(f.bits);
+      else if (name == "min_bits") out += std::to_string(r.min_bits);
+      else if (name == "version") out += f.version.empty() ? "none" : f.version;
+      else if (name == "min_protocol") out += r.min_protocol;
+      else if (name == "rcpt") out += rcpt;
+      else if (name == "sender") out += sender;
+      i = close;
+      continue;
+    }
+    out += tmpl[i];
+  }
+  // Sender and recipient come from the client: keep the reply one clean line.
+  for (auto& c : out)
+    if (c < ' ' || c > '~' || c == '%') c = '?';
+  if (r.action == Action::tempfail && out[0] == '5') {
+    out[0] = '4';
+    if (out.size() > 5 && out[4] == '5' && out[5] == '.') out[4] = '4';
+  }
+  return out;
+}
+
+// Checks one rule against the session's TLS facts.
+void apply(const Snapshot& s, uint32_t rule, Dimension dim, const TlsFacts& f, std::string_view sender,
+           std::string_view rcpt, Verdict& v) {
+  const Rule& r = s.rules[rule];
+  if (!v.matched) v.rule = rule;
+  v.matched = true;
+  if (!r.require_tls) return;
+  bool tls = !f.version.empty() || f.bits > 0;
+  const char* std_reply = nullptr;
+  if (r.min_bits > 0 && f.bits < r.min_bits)
+    std_reply = "554 5.7.0 encryption too weak {bits} less than {min_bits}";
+  else if (!tls)
+    std_reply = dim == Dimension::inbound_recipient ? "550 5.7.1 <{rcpt}>: TLS required for mail to this recipient"
+                                                    : "530 5.7.0 Must issue a STARTTLS command first";
+  else if (!r.min_protocol.empty() && protocol_rank(f.version) < protocol_rank(r.min_protocol))
+    std_reply = "554 5.7.0 TLS protocol {version} is older than the required {min_protocol}";
+  else
+    return;
+  // The strictest failure wins: reject over tempfail over monitor.
+  if (!v.pass && int(v.action) <= int(r.action)) return;
+  v.pass = false;
+  v.action = r.action;
+  v.rule = rule;
+  v.reply = expand(r.reply.empty() ? std_reply : r.reply, r, f, sender, rcpt);
+}
+
+uint32_t first_rule(const Snapshot& s, const Matcher& m, std::string_view addr) {
+  uint32_t rule = kNone;
+  m.visit_address(addr, [&](const Hit& h) {
+    rule = s.entries[h.entry].rule;
+    return false;
+  });
+  return rule;
+}
+
+std::string verdict_value(const Verdict& v) {
+  if (v.pass) return "accept";
+  return fmt::format("{} {}", action_name(v.action), v.reply);
+}
+
+// "from=a@b to=c@d client=192.0.2.1 version=TLSv1.3 bits=256", any subset.
+Answer inbound(const Snapshot& s, std::string_view key, bool explain) {
+  Answer a;
+  std::string from, to;
+  std::optional<IpAddr> client;
+  TlsFacts f;
+  size_t i = 0;
+  while (i < key.size()) {
+    size_t j = key.find(' ', i);
+    if (j == std::string_view::npos) j = key.size();
+    auto tok = key.substr(i, j - i);
+    i = j + 1;
+    if (tok.empty()) continue;
+    auto eq = tok.find('=');
+    if (eq == std::string_view::npos) return a;
+    auto name = tok.substr(0, eq), value = tok.substr(eq + 1);
+    if (name == "from") from = value;
+    else if (name == "to") to = value;
+    else if (name == "client") client = parse_ip(value);
+    else if (name == "version") f.version = value;
+    else if (name == "bits") f.bits = std::atoi(std::string(value).c_str());
+    else return a;
+  }
+  Verdict v = check_inbound_sender(s, from, client ? &*client : nullptr, f);
+  if (!to.empty()) {
+    Verdict rv = check_inbound_recipient(s, to, from, f);
+    if (rv.matched && (!v.matched || (!rv.pass && (v.pass || int(rv.action) < int(v.action))))) v = rv;
+  }
+  if (!v.matched) {
+    if (explain) a.reasoning = "no inbound rule matches: the mail is accepted as Postfix decides";
+    return a;
+  }
+  a.found = true;
+  a.value = verdict_value(v);
+  if (explain) {
+    a.trail.push_back({v.rule, kNone, HitKind::any, {}, 0});
+    a.reasoning = v.pass ? "the session meets every matching inbound rule" : "this rule's requirement is not met";
+  }
+  return a;
+}
+
+}  // namespace
+
+Level recipient_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule) {
+  auto addr = normalize_address(rcpt, s.settings.recipient_delimiter);
+  auto r = recipient_levels(s, addr, nullptr);
+  if (r.address_rule != kNone) {
+    *rule = r.address_rule;
+    return s.rules[r.address_rule].policy.level;
+  }
+  *rule = r.domain_rule;
+  return r.domain_level;
+}
+
+Level sender_level(const Snapshot& s, std::string_view sender, uint32_t* rule) {
+  auto addr = normalize_address(sender, s.settings.recipient_delimiter);
+  *rule = first_rule(s, s.senders, addr);
+  return *rule == kNone ? Level::none : s.rules[*rule].policy.level;
+}
+
+Verdict check_inbound_sender(const Snapshot& s, std::string_view sender, const IpAddr* client,
+                             const TlsFacts& tls) {
+  Verdict v;
+  if (!sender.empty()) {
+    auto addr = normalize_address(sender, s.settings.recipient_delimiter);
+    uint32_t rule = first_rule(s, s.inbound_senders, addr);
+    if (rule != kNone) apply(s, rule, Dimension::inbound_sender, tls, sender, {}, v);
+  }
+  if (client) {
+    uint32_t rule = kNone;
+    s.clients.visit_ip(*client, [&](const Hit& h) {
+      rule = s.entries[h.entry].rule;
+      return false;
+    });
+    if (rule != kNone) apply(s, rule, Dimension::client, tls, sender, {}, v);
+  }
+  return v;
+}
+
+Verdict check_inbound_recipient(const Snapshot& s, std::string_view rcpt, std::string_view sender,
+                                const TlsFacts& tls) {
+  Verdict v;
+  auto addr = normalize_address(rcpt, s.settings.recipient_delimiter);
+  uint32_t rule = first_rule(s, s.inbound_recipients, addr);
+  if (rule != kNone) apply(s, rule, Dimension::inbound_recipient, tls, sender, rcpt, v);
+  return v;
+}
+
+Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain) {
+  switch (map) {
+    case MapName::tls_policy: return tls_policy(s, key, explain);
+    case MapName::transport: return transport(s, key, explain);
+    case MapName::sender_transport: return sender_transport(s, key, explain);
+    case MapName::inbound: return inbound(s, key, explain);
+  }
+  return {};
+}
+
+std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a) {
+  std::string out = fmt::format("{} {}: {}\n", map_name(map), key, a.found ? a.value : "NOTFOUND");
+  bool first = true;
+  for (auto& st : a.trail) {
+    const Rule& r = s.rules[st.rule];
+    std::string what = r.direction == Direction::outbound || r.is_default
+                           ? r.policy.value()
+                           : (r.require_tls ? fmt::format("require TLS{}{}, action {}",
+                                                          r.min_bits ? fmt::format(", >= {} bits", r.min_bits) : "",
+                                                          r.min_protocol.empty() ? "" : ", >= " + r.min_protocol,
+                                                          action_name(r.action))
+                                            : std::string("exempt (require = none)"));
+    std::string how;
+    if (st.entry == kNone)
+      how = r.is_default && map != MapName::inbound ? "the default" : fmt::format("rule \"{}\"", r.name);
+    else {
+      how = fmt::format("rule \"{}\" ({}), entry \"{}\" at {} matched {}", r.name, s.where(r), s.text(st.entry),
+                        s.where_entry(st.entry), hit_kind_words(st.kind));
+      if (!st.matched.empty()) how += " " + st.matched;
+      if (st.kind == HitKind::cidr) how += fmt::format(" (/{})", st.prefix);
+    }
+    if (st.entry == kNone) how += fmt::format(" ({})", s.where(r));
+    out += fmt::format("  {} {}: {}\n", first ? "decided by" : "lost to it:", how, what);
+    first = false;
+  }
+  if (!a.reasoning.empty()) out += fmt::format("  why: {}\n", a.reasoning);
+  return out;
+}
+
+}  // namespace tlspolicy

@@ -1,0 +1,67 @@
+// The questions front ends ask, answered from one snapshot. query() is the
+// single code path behind `tlspolicy query`, the socketmap responder and (via
+// the recipient/sender/inbound functions) the milter.
+#pragma once
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/snapshot.hpp"
+
+namespace tlspolicy {
+
+// One map per Postfix table (plus the inbound check).
+enum class MapName { tls_policy, transport, sender_transport, inbound };
+std::optional<MapName> parse_map_name(std::string_view name);
+std::string_view map_name(MapName m);
+constexpr const char* kMapNames = "tls-policy, transport, sender-transport, inbound";
+
+// One rule that matched a lookup (entry == kNone for the default).
+struct Step {
+  uint32_t rule;
+  uint32_t entry;
+  HitKind kind;
+  std::string matched;
+  int prefix;
+};
+
+struct Answer {
+  bool found = false;
+  std::string value;
+  // Filled only when explaining: every rule that matched, the deciding one
+  // first, and a sentence on how the answer follows from them.
+  std::vector<Step> trail;
+  std::string reasoning;
+};
+
+Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
+std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a);
+
+// Effective outbound level of one recipient (address rule, else domain rule,
+// else the default; may when nothing is known) and the rule behind it.
+Level recipient_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule);
+// Level required by an outbound sender rule; none when no rule matches.
+Level sender_level(const Snapshot& s, std::string_view sender, uint32_t* rule);
+
+// TLS facts of an inbound session, as Postfix's milter macros give them.
+struct TlsFacts {
+  std::string version;  // {tls_version}; empty = no TLS
+  int bits = 0;         // {cipher_bits}
+};
+
+struct Verdict {
+  bool matched = false;   // some inbound rule applied
+  bool pass = true;       // requirements met (or rule is an exemption)
+  Action action = Action::reject;
+  std::string reply;      // "550 5.7.1 ..." when !pass (for monitor: what would be said)
+  uint32_t rule = kNone;
+};
+// At MAIL: the sender's rule and the client's rule.
+Verdict check_inbound_sender(const Snapshot& s, std::string_view sender, const IpAddr* client,
+                             const TlsFacts& tls);
+// At RCPT: the recipient's rule.
+Verdict check_inbound_recipient(const Snapshot& s, std::string_view rcpt, std::string_view sender,
+                                const TlsFacts& tls);
+
+}  // namespace tlspolicy

@@ -1,0 +1,36 @@
+// Small helpers of the compiled policy. See snapshot.hpp.
+#include "policy/snapshot.hpp"
+
+#include <fmt/format.h>
+
+namespace tlspolicy {
+
+std::string_view action_name(Action a) {
+  switch (a) {
+    case Action::reject: return "reject";
+    case Action::tempfail: return "tempfail";
+    case Action::monitor: return "monitor";
+  }
+  return "?";
+}
+
+int protocol_rank(std::string_view v) {
+  constexpr std::string_view order[] = {"SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"};
+  for (int i = 0; i < 6; ++i)
+    if (order[i] == v) return i + 1;
+  return 0;
+}
+
+std::string Snapshot::where(const Rule& r) const { return fmt::format("{}:{}", files[r.file], r.line); }
+
+std::string Snapshot::where_entry(uint32_t e) const {
+  return fmt::format("{}:{}", files[entries[e].file], entries[e].line);
+}
+
+size_t Snapshot::rule_count(Direction d) const {
+  size_t n = 0;
+  for (auto& r : rules) n += (r.direction == d && !r.is_default);
+  return n;
+}
+
+}  // namespace tlspolicy

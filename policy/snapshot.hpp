@@ -1,0 +1,101 @@
+// The compiled policy: rules, their entries indexed per lookup dimension, and
+// the settings of the front ends. Built once by config.cpp, then immutable:
+// lookups take no locks and do no I/O, so any number of threads may share one
+// snapshot while a reload builds the next (see holder.hpp).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/level.hpp"
+#include "policy/matcher.hpp"
+
+namespace tlspolicy {
+
+constexpr uint32_t kNone = UINT32_MAX;
+
+enum class Direction { outbound, inbound };
+enum class Action { reject, tempfail, monitor };
+std::string_view action_name(Action a);
+
+// TLS protocol versions as Postfix reports them in {tls_version}; 0 = unknown.
+int protocol_rank(std::string_view version);
+
+struct Rule {
+  std::string name;  // from the config, or "outbound rule #N"
+  uint32_t file = 0, line = 0;
+  Direction direction = Direction::outbound;
+  bool is_default = false;
+  // outbound
+  TlsPolicy policy;
+  std::string transport;  // per-rule override of Settings::transport
+  // inbound
+  bool require_tls = true;
+  int min_bits = 0;
+  std::string min_protocol;  // "" or e.g. "TLSv1.2"
+  Action action = Action::reject;
+  std::string reply;  // custom reply template, "" for the standard ones
+
+  bool same_effect(const Rule& o) const {
+    return direction == o.direction && policy == o.policy && transport == o.transport &&
+           require_tls == o.require_tls && min_bits == o.min_bits &&
+           min_protocol == o.min_protocol && action == o.action && reply == o.reply;
+  }
+};
+
+struct EntryInfo {
+  uint32_t rule, file, line, text_off, text_len;
+};
+
+struct DaemonSettings {
+  std::vector<std::string> socketmap{"inet:127.0.0.1:8461"};
+  std::string milter;  // "" = no milter
+  std::string user, group;
+  std::string socket_owner, socket_group;
+  unsigned socket_mode = 0660;
+  int idle_timeout = 60;  // seconds; longer than Postfix's 10 s client idle close
+  int max_connections = 1024;
+  bool log_all_lookups = false;
+};
+
+struct MilterSettings {
+  std::string header = "X-TLSLevel";
+  std::string header_require = "Require";
+  std::string header_try = "Try";
+  bool authenticated_is_outbound = true;
+  std::vector<std::string> outbound_daemons;  // {daemon_name} values, e.g. "submission"
+  Action failure_action = Action::tempfail;
+};
+
+enum class Route { stricter, enforced };
+
+struct Settings {
+  bool subdomains = true;
+  std::string recipient_delimiter = "+";
+  std::string transport = "smtp-tls-encrypt:";
+  Route route = Route::stricter;
+  DaemonSettings daemon;
+  MilterSettings milter;
+};
+
+struct Snapshot {
+  std::vector<std::string> files;  // file names rules and entries point into
+  std::vector<Rule> rules;
+  std::vector<EntryInfo> entries;
+  std::string entry_text;
+  Matcher destinations, senders;                           // outbound
+  Matcher inbound_senders, inbound_recipients, clients;    // inbound
+  Matcher outbound_clients;                                // milter direction
+  uint32_t default_rule = kNone;
+  Settings settings;
+
+  std::string_view text(uint32_t entry) const {
+    return std::string_view(entry_text).substr(entries[entry].text_off, entries[entry].text_len);
+  }
+  std::string where(const Rule& r) const;
+  std::string where_entry(uint32_t entry) const;
+  size_t rule_count(Direction d) const;
+};
+
+}  // namespace tlspolicy

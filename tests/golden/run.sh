@@ -1,0 +1,29 @@
+#!/bin/sh
+# Golden tests: run `tlspolicy` over key files and diff stdout+stderr with the
+# .ref files next to them. Usage: run.sh TLSPOLICY [--update]
+#   NAME.MAP.keys   keys for `tlspolicy query -c NAME.conf -m MAP -` (MAP=explain: --explain per key)
+#   NAME.check      `tlspolicy check -c NAME.conf` (errors and warnings included)
+set -u
+bin=$1
+update=${2:-}
+cd "$(dirname "$0")"
+fail=0
+run_case() {  # name, command...
+  ref=$1.ref; shift
+  out=$("$@" 2>&1; echo "exit $?")
+  out=$(printf '%s\n' "$out" | sed -E 's/ in [0-9.]+ ms/ in N ms/')
+  if [ "$update" = "--update" ]; then printf '%s\n' "$out" > "$ref"; return; fi
+  if printf '%s\n' "$out" | diff -u "$ref" - ; then echo "ok   $ref"; else echo "FAIL $ref (diff above: - want, + got)"; fail=1; fi
+}
+for keys in *.keys; do
+  base=${keys%.keys}; conf=${base%%.*}.conf; map=${base#*.}
+  if [ "$map" = explain ]; then
+    run_case "$base" sh -c 'while IFS="	" read -r m k; do "$0" query -c "$1" -m "$m" --explain "$k"; done < "$2"' "$bin" "$conf" "$keys"
+  else
+    run_case "$base" "$bin" query -c "$conf" -m "$map" - < "$keys"
+  fi
+done
+for c in *.check; do
+  run_case "${c%.check}.check" "$bin" check -c "${c%.check}.conf"
+done
+exit $fail

@@ -1,0 +1,128 @@
+// Entry parsing and key normalisation, as a table of cases.
+#include <catch2/catch.hpp>
+
+#include "policy/level.hpp"
+#include "policy/names.hpp"
+
+using namespace tlspolicy;
+
+TEST_CASE("entries parse into the kind their syntax says") {
+  struct Case {
+    std::string text;
+    Dimension dim;
+    bool subdomains;
+    EntryKind kind;
+    std::string key;
+  };
+  const Case cases[] = {
+      {"Their_Domain.COM", Dimension::destination, true, EntryKind::domain, "their_domain.com"},
+      {"their-domain.com.", Dimension::destination, true, EntryKind::domain, "their-domain.com"},
+      {"their-domain.com", Dimension::destination, false, EntryKind::exact_domain, "their-domain.com"},
+      {".example.com", Dimension::destination, true, EntryKind::subdomains_only, "example.com"},
+      {"*@Example.com", Dimension::destination, true, EntryKind::exact_domain, "example.com"},
+      {"User@Example.com", Dimension::destination, true, EntryKind::address, "user@example.com"},
+      {"204.10.243.26", Dimension::destination, true, EntryKind::cidr, ""},
+      {"[204.10.243.26]", Dimension::destination, true, EntryKind::cidr, ""},
+      {"207.219.44.0/24", Dimension::destination, true, EntryKind::cidr, ""},
+      {"2001:db8::/32", Dimension::destination, true, EntryKind::cidr, ""},
+      {"john.smith", Dimension::inbound_recipient, true, EntryKind::local_part, "john.smith"},
+      {"*", Dimension::inbound_recipient, true, EntryKind::any, ""},
+      {"*@partner.example", Dimension::inbound_sender, true, EntryKind::exact_domain, "partner.example"},
+      {"partner.example", Dimension::inbound_sender, true, EntryKind::domain, "partner.example"},
+  };
+  for (auto& c : cases) {
+    std::string err;
+    auto e = parse_entry(c.text, c.dim, c.subdomains, &err);
+    INFO("entry: " << c.text << "  error: " << err);
+    REQUIRE(e.has_value());
+    CHECK(int(e->kind) == int(c.kind));
+    CHECK(e->key == c.key);
+  }
+}
+
+TEST_CASE("bad entries are refused with a message that helps") {
+  struct Case {
+    std::string text;
+    Dimension dim;
+    std::string want;  // substring of the error
+  };
+  const Case cases[] = {
+      {"207.219.44.7/24", Dimension::destination, "perhaps you meant \"207.219.44.0/24\""},
+      {"2001:db8::1/32", Dimension::destination, "perhaps you meant \"2001:db8::/32\""},
+      {"10.0.0.0/33", Dimension::destination, "bad prefix length"},
+      {"bücher.example", Dimension::destination, "A-label"},
+      {"a..b", Dimension::destination, "not a valid domain"},
+      {"*", Dimension::destination, "default"},
+      {"1.2.3.4", Dimension::sender, "IP addresses"},
+      {"a.com b.com", Dimension::destination, "one entry per line"},
+      {"-bad.com", Dimension::destination, "not a valid domain"},
+  };
+  for (auto& c : cases) {
+    std::string err;
+    auto e = parse_entry(c.text, c.dim, true, &err);
+    INFO("entry: " << c.text << "  got: " << err << "  want: " << c.want);
+    CHECK_FALSE(e.has_value());
+    CHECK(err.find(c.want) != std::string::npos);
+  }
+}
+
+TEST_CASE("addresses lose their extension and case") {
+  struct Case {
+    std::string in, delims, want;
+  };
+  const Case cases[] = {
+      {"U6+tag@Deep.Sub.TLS.Test", "+", "u6@deep.sub.tls.test"},
+      {"a-b+c@x.y", "+-", "a@x.y"},
+      {"+foo@x.y", "+", "+foo@x.y"},
+      {"plain@x.y", "", "plain@x.y"},
+      {"user@x.y.", "+", "user@x.y"},
+  };
+  for (auto& c : cases) {
+    auto got = normalize_address(c.in, c.delims);
+    INFO(c.in << ": got " << got << " want " << c.want);
+    CHECK(got == c.want);
+  }
+}
+
+TEST_CASE("policy values: levels, aliases and attribute validation") {
+  struct Case {
+    std::string in;
+    std::string want;  // value, or "!" + error substring
+  };
+  const Case cases[] = {
+      {"encrypt", "encrypt"},
+      {"Require", "encrypt"},
+      {"enforce", "encrypt"},
+      {"try", "may"},
+      {"opportunistic", "may"},
+      {"DANE-only", "dane-only"},
+      {"encrypt protocols=>=TLSv1.2 ciphers=high", "encrypt protocols=>=TLSv1.2 ciphers=high"},
+      {"may protocols=!SSLv2,!SSLv3", "may protocols=!SSLv2,!SSLv3"},
+      {"verify match=hostname:nexthop servername=hostname", "verify match=hostname:nexthop servername=hostname"},
+      {"secure match=.example.com tafile=/etc/ssl/ta.pem", "!match="},
+      {"secure match=example.com tafile=/etc/ssl/ta.pem", "secure match=example.com tafile=/etc/ssl/ta.pem"},
+      {"fingerprint match=3D:95:34:51:24:66:33:B9:D2:40:99:C0:C1:17:0B:D1",
+       "fingerprint match=3D:95:34:51:24:66:33:B9:D2:40:99:C0:C1:17:0B:D1"},
+      {"fingerprint", "!needs at least one match="},
+      {"fingerprint match=zz", "!not a certificate fingerprint"},
+      {"encrypt cipher=high", "!unknown policy attribute \"cipher=\""},
+      {"encrypt ciphers=strong", "!ciphers=strong is not one of"},
+      {"encrypt protocols=>=TLSv1.4", "!unknown protocol"},
+      {"encrypt match=hostname", "!match= only applies"},
+      {"encrypt ciphers=high ciphers=low", "!given twice"},
+      {"none ciphers=high", "!takes no attributes"},
+      {"maybe", "!unknown TLS level \"maybe\""},
+      {"encrypt protocols", "!not an attribute"},
+      {"encrypt connection_reuse=maybe", "!yes or no"},
+  };
+  for (auto& c : cases) {
+    std::string err;
+    auto p = parse_tls_policy(c.in, &err);
+    std::string got = p ? p->value() : "!" + err;
+    INFO(c.in << ":\n  got  " << got << "\n  want " << c.want);
+    if (c.want[0] == '!')
+      CHECK((!p && got.find(c.want.substr(1)) != std::string::npos));
+    else
+      CHECK(got == c.want);
+  }
+}

@@ -43,16 +43,7 @@ std::shared_ptr<const Snapshot> load(const std::string& path, bool verbose) {
     return nullptr;
   }
   if (verbose) {
-    const Snapshot& s = *r.snapshot;
-    fmt::print("configuration OK: {} outbound rules ({} destination entries, {} sender entries), "
-               "{} inbound rules ({} sender, {} recipient, {} client entries), default {}; "
-               "{} files read in {:.1f} ms\n",
-               s.rule_count(Direction::outbound), s.destinations.size(), s.senders.size(),
-               s.rule_count(Direction::inbound), s.inbound_senders.size(), s.inbound_recipients.size(),
-               s.clients.size(),
-               s.default_rule == kNone ? std::string("unset (Postfix's smtp_tls_security_level applies)")
-                                       : s.rules[s.default_rule].policy.value(),
-               r.files.size(), ms);
+    fmt::print("configuration OK: {}; {} files read in {:.1f} ms\n", r.snapshot->summary(), r.files.size(), ms);
   }
   return r.snapshot;
 }

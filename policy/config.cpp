@@ -226,13 +226,13 @@ void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, D
                        bool subdomains, uint32_t rule) {
   bool here = path_.find('/') == std::string::npos;
   std::string path = name.starts_with("/") || here ? name : dir_ + "/" + name;
+  uint32_t file = file_index(path);  // watched for changes even while missing
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     error(at, fmt::format("cannot open list file \"{}\": {}", path, std::strerror(errno)));
     return;
   }
   std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  uint32_t file = file_index(path);
   uint32_t line = 0;
   size_t pos = 0;
   while (pos < data.size() && !too_many_) {

@@ -99,6 +99,7 @@ Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
   }
   add_default(s, c.trail);
   uint32_t rule = c.first != kNone ? s.entries[c.first].rule : s.default_rule;
+  a.rule = rule;
   if (rule != kNone) {
     a.found = true;
     a.value = s.rules[rule].policy.value();
@@ -169,6 +170,7 @@ Answer transport(const Snapshot& s, std::string_view key, bool explain) {
   } else if (explain) {
     a.reasoning = "no address rule for this recipient: the tls-policy map decides per next hop";
   }
+  a.rule = decider;
   if (decider != kNone) {
     a.found = true;
     a.value = transport_of(s, decider);
@@ -187,6 +189,7 @@ Answer sender_transport(const Snapshot& s, std::string_view key, bool explain) {
     s.senders.visit_address(addr, c);
   }
   if (rule != kNone && enforces_tls(l)) {
+    a.rule = rule;
     a.found = true;
     a.value = transport_of(s, rule);
   }
@@ -299,6 +302,7 @@ Answer inbound(const Snapshot& s, std::string_view key, bool explain) {
     return a;
   }
   a.found = true;
+  a.rule = v.rule;
   a.value = verdict_value(v);
   if (explain) {
     a.trail.push_back({v.rule, kNone, HitKind::any, {}, 0});

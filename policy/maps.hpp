@@ -29,6 +29,7 @@ struct Step {
 struct Answer {
   bool found = false;
   std::string value;
+  uint32_t rule = kNone;  // the rule that decided (default included), for logs
   // Filled only when explaining: every rule that matched, the deciding one
   // first, and a sentence on how the answer follows from them.
   std::vector<Step> trail;

@@ -33,4 +33,14 @@ size_t Snapshot::rule_count(Direction d) const {
   return n;
 }
 
+std::string Snapshot::summary() const {
+  return fmt::format("{} outbound rules ({} destination entries, {} sender entries), {} inbound rules ({} sender, "
+                     "{} recipient, {} client entries), default {}",
+                     rule_count(Direction::outbound), destinations.size(), senders.size(),
+                     rule_count(Direction::inbound), inbound_senders.size(), inbound_recipients.size(),
+                     clients.size(),
+                     default_rule == kNone ? std::string("unset (Postfix's smtp_tls_security_level applies)")
+                                           : rules[default_rule].policy.value());
+}
+
 }  // namespace tlspolicy

@@ -96,6 +96,8 @@ struct Snapshot {
   std::string where(const Rule& r) const;
   std::string where_entry(uint32_t entry) const;
   size_t rule_count(Direction d) const;
+  // "4 outbound rules (5 destination entries, ...), 2 inbound rules (...), default may"
+  std::string summary() const;
 };
 
 }  // namespace tlspolicy

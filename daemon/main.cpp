@@ -1,0 +1,199 @@
+// tlspolicyd: loads the policy, opens the listeners (as root), drops
+// privileges, and serves the socketmap (and, when configured, the milter)
+// from one event loop until SIGTERM. SIGHUP and file changes reload.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "daemon/listen.hpp"
+#include "daemon/log.hpp"
+#include "daemon/reload.hpp"
+#include "policy/config.hpp"
+#include "policy/holder.hpp"
+#include "socketmap/server.hpp"
+
+using namespace tlspolicy;
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: tlspolicyd [-c FILE] [-f]\n"
+    "  -c FILE  configuration (default /etc/tlspolicy/tlspolicy.conf)\n"
+    "  -f       stay in the foreground and log to stderr\n";
+
+int g_ready_fd = -1;  // write end of the pipe the parent waits on (background mode)
+
+[[noreturn]] void fatal(const std::string& msg) {
+  log_line(LOG_ERR, msg);
+  if (g_ready_fd >= 0) (void)!::write(g_ready_fd, msg.data(), msg.size());
+  _exit(1);
+}
+
+void ready() {
+  if (g_ready_fd < 0) return;
+  (void)!::write(g_ready_fd, "", 0);
+  ::close(g_ready_fd);
+  g_ready_fd = -1;
+  int null = ::open("/dev/null", O_RDWR);
+  dup2(null, 0), dup2(null, 1), dup2(null, 2);
+  if (null > 2) ::close(null);
+}
+
+// Forks; the parent waits until the child is serving (exit 0) or has failed
+// (prints the child's reason, exit 1), so a shell or init sees real status.
+void daemonize() {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) fatal(fmt::format("pipe: {}", std::strerror(errno)));
+  pid_t pid = fork();
+  if (pid < 0) fatal(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid > 0) {
+    ::close(p[1]);
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = ::read(p[0], buf, sizeof buf)) > 0) msg.append(buf, size_t(n));
+    if (!msg.empty()) {
+      fmt::print(stderr, "tlspolicyd: {}\n", msg);
+      _exit(1);
+    }
+    _exit(0);
+  }
+  ::close(p[0]);
+  g_ready_fd = p[1];
+  setsid();
+  if (chdir("/") < 0) fatal("chdir /");
+}
+
+void drop_privileges(const DaemonSettings& d) {
+  if (geteuid() != 0) return;
+  if (d.user.empty()) {
+    log_line(LOG_WARNING, "running as root: set daemon.user (e.g. \"tlspolicyd\") to drop privileges after binding");
+    return;
+  }
+  passwd* pw = getpwnam(d.user.c_str());
+  if (!pw) fatal(fmt::format("daemon.user \"{}\": no such user", d.user));
+  gid_t gid = pw->pw_gid;
+  if (!d.group.empty()) {
+    group* gr = getgrnam(d.group.c_str());
+    if (!gr) fatal(fmt::format("daemon.group \"{}\": no such group", d.group));
+    gid = gr->gr_gid;
+  }
+  if (setgroups(0, nullptr) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0)
+    fatal(fmt::format("cannot drop privileges to {}: {}", d.user, std::strerror(errno)));
+  if (setuid(0) == 0) fatal("privileges were not dropped (setuid(0) succeeded)");
+}
+
+std::string absolute(const std::string& path) {
+  if (path.starts_with("/")) return path;
+  char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config = kDefaultConfig;
+  bool foreground = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-c" && i + 1 < argc) {
+      config = argv[++i];
+    } else if (a == "-f") {
+      foreground = true;
+    } else if (a == "-h" || a == "--help") {
+      fmt::print("{}", kUsage);
+      return 0;
+    } else {
+      fmt::print(stderr, "tlspolicyd: unknown argument \"{}\"\n{}", a, kUsage);
+      return 2;
+    }
+  }
+  config = absolute(config);
+  log_init(true);
+  auto t0 = std::chrono::steady_clock::now();
+  LoadResult first = load_policy(config);
+  double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  for (auto& w : first.warnings) log_line(LOG_WARNING, w.text("warning"));
+  if (!first.snapshot) {
+    for (auto& e : first.errors) log_line(LOG_ERR, e.text("error"));
+    log_line(LOG_ERR, fmt::format("{}: configuration has errors, not starting", config));
+    return 1;
+  }
+  if (!foreground) {
+    daemonize();
+    log_init(false);
+  }
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&sigs, s);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // threads started later inherit this
+  int sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+
+  const DaemonSettings& d = first.snapshot->settings.daemon;
+  std::vector<std::string> unix_paths;
+  PolicyHolder holder;
+  holder.store(first.snapshot);
+  SocketmapServer server({d.max_connections, std::chrono::seconds(d.idle_timeout), d.log_all_lookups, log_line});
+  for (auto& ep : d.socketmap) {
+    std::string err;
+    int fd = open_listener(ep, d, &err);
+    if (fd < 0) fatal(fmt::format("socketmap {}: {}", ep, err));
+    server.add_listener(fd);
+    if (ep.starts_with("unix:")) unix_paths.push_back(ep.substr(5));
+  }
+  drop_privileges(d);
+  server.set_policy(first.snapshot);
+
+  Reloader reloader(config, [&](LoadResult r, double ms) {
+    for (auto& w : r.warnings) log_line(LOG_WARNING, w.text("warning"));
+    if (!r.snapshot) {
+      for (auto& e : r.errors) log_line(LOG_ERR, e.text("error"));
+      log_line(LOG_ERR, fmt::format("reload failed with {} error(s): still serving the previous policy", r.errors.size()));
+      return;
+    }
+    const auto& nd = r.snapshot->settings.daemon;
+    if (nd.socketmap != d.socketmap || nd.milter != d.milter || nd.user != d.user)
+      log_line(LOG_WARNING, "listening addresses and user are read at start only: restart to change them");
+    server.set_options(nd.log_all_lookups, nd.max_connections, std::chrono::seconds(nd.idle_timeout));
+    server.set_policy(r.snapshot);
+    holder.store(r.snapshot);
+    log_line(LOG_INFO, fmt::format("reloaded {}: {}; {:.1f} ms", config, r.snapshot->summary(), ms));
+  });
+  reloader.watch_files(first.files);
+  server.watch(reloader.done_fd(), [&] { reloader.on_done(); });
+  if (reloader.inotify_fd() >= 0) server.watch(reloader.inotify_fd(), [&] { reloader.on_inotify(); });
+  server.watch(sigfd, [&] {
+    signalfd_siginfo si;
+    while (::read(sigfd, &si, sizeof si) == sizeof si) {
+      if (si.ssi_signo == SIGHUP)
+        reloader.request("SIGHUP");
+      else
+        server.stop();
+    }
+  });
+
+  std::string where;
+  for (auto& ep : d.socketmap) where += (where.empty() ? "" : ", ") + ep;
+  log_line(LOG_INFO, fmt::format("started: {}; {:.1f} ms; socketmap on {}", first.snapshot->summary(), load_ms, where));
+  ready();
+  try {
+    server.run();
+  } catch (const std::exception& e) {
+    fatal(e.what());
+  }
+  for (auto& p : unix_paths) ::unlink(p.c_str());
+  log_line(LOG_INFO, "stopped");
+  return 0;
+}

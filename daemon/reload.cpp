@@ -1,0 +1,118 @@
+// See reload.hpp.
+#include "daemon/reload.hpp"
+
+#include <fmt/format.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+
+#include "daemon/log.hpp"
+
+namespace tlspolicy {
+
+namespace {
+std::pair<std::string, std::string> split_path(const std::string& p) {
+  auto slash = p.rfind('/');
+  if (slash == std::string::npos) return {".", p};
+  return {slash == 0 ? "/" : p.substr(0, slash), p.substr(slash + 1)};
+}
+}  // namespace
+
+Reloader::Reloader(std::string config, std::function<void(LoadResult, double)> on_done)
+    : config_(std::move(config)), on_done_(std::move(on_done)) {
+  inotify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  done_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (inotify_fd_ < 0) log_line(LOG_WARNING, fmt::format("inotify: {}: reload on SIGHUP only", std::strerror(errno)));
+}
+
+Reloader::~Reloader() {
+  if (worker_.joinable()) worker_.join();
+  if (inotify_fd_ >= 0) ::close(inotify_fd_);
+  ::close(done_fd_);
+}
+
+void Reloader::watch_files(const std::vector<std::string>& files, bool replace) {
+  if (inotify_fd_ < 0) return;
+  if (replace) names_.clear();
+  for (auto& f : files) {
+    auto [dir, name] = split_path(f);
+    names_.insert({dir, name});
+    bool watched = false;
+    for (auto& [wd, d] : dirs_) watched |= (d == dir);
+    if (watched) continue;
+    int wd = inotify_add_watch(inotify_fd_, dir.c_str(),
+                               IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE);
+    if (wd < 0)
+      log_line(LOG_WARNING, fmt::format("cannot watch {}: {}: changes there need a SIGHUP", dir, std::strerror(errno)));
+    else
+      dirs_[wd] = dir;
+  }
+}
+
+void Reloader::on_inotify() {
+  alignas(inotify_event) char buf[8192];
+  std::string changed;
+  for (;;) {
+    ssize_t n = ::read(inotify_fd_, buf, sizeof buf);
+    if (n <= 0) break;
+    for (char* p = buf; p < buf + n;) {
+      auto* ev = reinterpret_cast<inotify_event*>(p);
+      p += sizeof(inotify_event) + ev->len;
+      auto dir = dirs_.find(ev->wd);
+      if (dir == dirs_.end() || ev->len == 0) continue;
+      // IN_CREATE alone is an empty new file; its IN_CLOSE_WRITE follows.
+      if (ev->mask & IN_CREATE) continue;
+      if (names_.count({dir->second, ev->name})) changed = dir->second + "/" + ev->name;
+    }
+  }
+  if (!changed.empty()) request(fmt::format("{} changed", changed));
+}
+
+void Reloader::request(const std::string& why) {
+  log_line(LOG_INFO, fmt::format("reloading: {}", why));
+  if (running_) {
+    pending_ = true;
+    return;
+  }
+  running_ = true;
+  if (worker_.joinable()) worker_.join();
+  worker_ = std::thread([this] {
+    auto t0 = std::chrono::steady_clock::now();
+    LoadResult r = load_policy(config_);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    {
+      std::lock_guard lock(mutex_);
+      result_ = std::move(r);
+      ms_ = ms;
+    }
+    uint64_t one = 1;
+    (void)!::write(done_fd_, &one, sizeof one);
+  });
+}
+
+void Reloader::on_done() {
+  uint64_t v;
+  if (::read(done_fd_, &v, sizeof v) != sizeof v) return;
+  worker_.join();
+  LoadResult r;
+  double ms;
+  {
+    std::lock_guard lock(mutex_);
+    r = std::move(result_);
+    ms = ms_;
+  }
+  running_ = false;
+  watch_files(r.files, r.snapshot != nullptr);  // a failed load keeps watching the old files too
+  on_done_(std::move(r), ms);
+  if (pending_) {
+    pending_ = false;
+    request("another change arrived during the reload");
+  }
+}
+
+}  // namespace tlspolicy

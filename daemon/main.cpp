@@ -124,9 +124,9 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   LoadResult first = load_policy(config);
   double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  for (auto& w : first.warnings) log_line(LOG_WARNING, w.text("warning"));
+  for (auto& w : first.warnings) log_line(LOG_WARNING, w.located());
   if (!first.snapshot) {
-    for (auto& e : first.errors) log_line(LOG_ERR, e.text("error"));
+    for (auto& e : first.errors) log_line(LOG_ERR, e.located());
     log_line(LOG_ERR, fmt::format("{}: configuration has errors, not starting", config));
     return 1;
   }
@@ -157,9 +157,9 @@ int main(int argc, char** argv) {
   server.set_policy(first.snapshot);
 
   Reloader reloader(config, [&](LoadResult r, double ms) {
-    for (auto& w : r.warnings) log_line(LOG_WARNING, w.text("warning"));
+    for (auto& w : r.warnings) log_line(LOG_WARNING, w.located());
     if (!r.snapshot) {
-      for (auto& e : r.errors) log_line(LOG_ERR, e.text("error"));
+      for (auto& e : r.errors) log_line(LOG_ERR, e.located());
       log_line(LOG_ERR, fmt::format("reload failed with {} error(s): still serving the previous policy", r.errors.size()));
       return;
     }

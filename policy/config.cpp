@@ -14,6 +14,11 @@
 
 namespace tlspolicy {
 
+std::string Diagnostic::located() const {
+  if (line > 0) return fmt::format("{}:{}: {}", file, line, message);
+  return fmt::format("{}: {}", file, message);
+}
+
 std::string Diagnostic::text(std::string_view severity) const {
   if (line > 0) return fmt::format("{}:{}: {}: {}", file, line, severity, message);
   return fmt::format("{}: {}: {}", file, severity, message);

@@ -17,6 +17,7 @@ struct Diagnostic {
   int line = 0;
   std::string message;
   std::string text(std::string_view severity = "error") const;  // "file:line: error: message"
+  std::string located() const;                                   // "file:line: message"
 };
 
 struct LoadResult {

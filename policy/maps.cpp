@@ -83,12 +83,15 @@ std::optional<NextHop> parse_next_hop(std::string_view k) {
 Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
   Answer a;
   char buf[256];
-  if (key.empty() || key.size() >= sizeof buf) return a;
-  for (size_t i = 0; i < key.size(); ++i) buf[i] = ascii_lower(key[i]);
-  std::string_view k(buf, key.size());
+  if (key.empty()) return a;
+  // No domain is longer than 253 bytes: a longer key matches no rule.
+  size_t len = key.size() < sizeof buf ? key.size() : 0;
+  for (size_t i = 0; i < len; ++i) buf[i] = ascii_lower(key[i]);
+  std::string_view k(buf, len);
   std::vector<Step> trail;
   Collector c{explain ? &trail : nullptr, kNone, s};
-  if (k.find('@') != std::string_view::npos) {
+  if (k.empty()) {
+  } else if (k.find('@') != std::string_view::npos) {
     auto addr = normalize_address(k, s.settings.recipient_delimiter);
     s.destinations.visit_address(addr, c);
   } else if (auto hop = parse_next_hop(k)) {

@@ -167,8 +167,9 @@ int main(int argc, char** argv) {
     if (nd.socketmap != d.socketmap || nd.milter != d.milter || nd.user != d.user)
       log_line(LOG_WARNING, "listening addresses and user are read at start only: restart to change them");
     server.set_options(nd.log_all_lookups, nd.max_connections, std::chrono::seconds(nd.idle_timeout));
-    server.set_policy(r.snapshot);
+    auto old = server.set_policy(r.snapshot);
     holder.store(r.snapshot);
+    reloader.retire(std::move(old));
     log_line(LOG_INFO, fmt::format("reloaded {}: {}; {:.1f} ms", config, r.snapshot->summary(), ms));
   });
   reloader.watch_files(first.files);

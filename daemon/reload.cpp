@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,6 +34,7 @@ Reloader::Reloader(std::string config, std::function<void(LoadResult, double)> o
 
 Reloader::~Reloader() {
   if (worker_.joinable()) worker_.join();
+  if (reaper_.joinable()) reaper_.join();
   if (inotify_fd_ >= 0) ::close(inotify_fd_);
   ::close(done_fd_);
 }
@@ -82,6 +85,8 @@ void Reloader::request(const std::string& why) {
   running_ = true;
   if (worker_.joinable()) worker_.join();
   worker_ = std::thread([this] {
+    // Lower priority than the event loop: lookups go first, the build waits.
+    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 10);
     auto t0 = std::chrono::steady_clock::now();
     LoadResult r = load_policy(config_);
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -92,6 +97,14 @@ void Reloader::request(const std::string& why) {
     }
     uint64_t one = 1;
     (void)!::write(done_fd_, &one, sizeof one);
+  });
+}
+
+void Reloader::retire(std::shared_ptr<const Snapshot> old) {
+  if (reaper_.joinable()) reaper_.join();
+  reaper_ = std::thread([old = std::move(old)]() mutable {
+    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 10);
+    old.reset();
   });
 }
 

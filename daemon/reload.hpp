@@ -4,6 +4,7 @@
 // swaps it in when it is complete, or logs the errors and keeps the old one.
 #pragma once
 #include <functional>
+#include <memory>
 #include <map>
 #include <mutex>
 #include <set>
@@ -28,6 +29,8 @@ class Reloader {
   void request(const std::string& why);  // start a reload (or queue one behind the running one)
   void on_inotify();
   void on_done();
+  // Frees a replaced snapshot off the event loop (a 1M-rule one takes a while).
+  void retire(std::shared_ptr<const Snapshot> old);
 
  private:
   std::string config_;
@@ -35,7 +38,7 @@ class Reloader {
   int inotify_fd_ = -1, done_fd_ = -1;
   std::map<int, std::string> dirs_;             // watch descriptor -> directory
   std::set<std::pair<std::string, std::string>> names_;  // (directory, file name) to react to
-  std::thread worker_;
+  std::thread worker_, reaper_;
   bool running_ = false, pending_ = false;
   std::mutex mutex_;
   LoadResult result_;

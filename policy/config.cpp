@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -237,25 +238,43 @@ void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, D
     error(at, fmt::format("cannot open list file \"{}\": {}", path, std::strerror(errno)));
     return;
   }
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Read in chunks (a 1M-line list need not sit in memory twice); reserve
+  // by file size: capacity that is never touched costs no memory.
+  in.seekg(0, std::ios::end);
+  size_t size = size_t(std::max<std::streamoff>(0, in.tellg()));
+  in.seekg(0);
+  snap_->entries.reserve(snap_->entries.size() + size / 4);
+  snap_->entry_text.reserve(snap_->entry_text.size() + size);
   uint32_t line = 0;
-  size_t pos = 0;
-  while (pos < data.size() && !too_many_) {
-    size_t nl = data.find('\n', pos);
-    if (nl == std::string::npos) nl = data.size();
-    std::string_view l(data.data() + pos, nl - pos);
-    pos = nl + 1;
-    ++line;
-    // A '#' starts a comment at the start of a line or after white space.
-    for (size_t h = l.find('#'); h != std::string_view::npos; h = l.find('#', h + 1))
-      if (h == 0 || l[h - 1] == ' ' || l[h - 1] == '\t') {
-        l = l.substr(0, h);
-        break;
+  std::string data;
+  std::vector<char> chunk(1 << 20);
+  bool eof = false;
+  while (!eof && !too_many_) {
+    in.read(chunk.data(), std::streamsize(chunk.size()));
+    size_t got = size_t(in.gcount());
+    eof = got < chunk.size();
+    data.append(chunk.data(), got);
+    size_t pos = 0;
+    while (pos < data.size() && !too_many_) {
+      size_t nl = data.find('\n', pos);
+      if (nl == std::string::npos) {
+        if (!eof) break;  // an incomplete last line: wait for the next chunk
+        nl = data.size();
       }
-    while (!l.empty() && (l.back() == ' ' || l.back() == '\t' || l.back() == '\r')) l.remove_suffix(1);
-    while (!l.empty() && (l.front() == ' ' || l.front() == '\t')) l.remove_prefix(1);
-    if (l.empty()) continue;
-    add_entry(m, dim, subdomains, l, rule, file, line);
+      std::string_view l(data.data() + pos, nl - pos);
+      pos = nl + 1;
+      ++line;
+      // A '#' starts a comment at the start of a line or after white space.
+      for (size_t h = l.find('#'); h != std::string_view::npos; h = l.find('#', h + 1))
+        if (h == 0 || l[h - 1] == ' ' || l[h - 1] == '\t') {
+          l = l.substr(0, h);
+          break;
+        }
+      while (!l.empty() && (l.back() == ' ' || l.back() == '\t' || l.back() == '\r')) l.remove_suffix(1);
+      while (!l.empty() && (l.front() == ' ' || l.front() == '\t')) l.remove_prefix(1);
+      if (!l.empty()) add_entry(m, dim, subdomains, l, rule, file, line);
+    }
+    data.erase(0, std::min(pos, data.size()));
   }
 }
 

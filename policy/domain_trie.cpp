@@ -1,22 +1,19 @@
 // Node creation for the domain trie (lookups are inline in the header).
 #include "policy/domain_trie.hpp"
 
-#include <cstring>
-
 namespace tlspolicy {
 
-std::string_view DomainTrie::keep(std::string_view label) {
-  if (label.size() > arena_left_) {
-    size_t size = std::max<size_t>(64 * 1024, label.size());
-    arena_.push_back(std::make_unique<char[]>(size));
-    arena_next_ = arena_.back().get();
-    arena_left_ = size;
+// Doubles the edge table; keeps the load factor at or under 3/4.
+void DomainTrie::grow() {
+  std::vector<Edge> old(edges_.size() * 2);
+  old.swap(edges_);
+  size_t mask = edges_.size() - 1;
+  for (const Edge& e : old) {
+    if (e.parent == kNone) continue;
+    size_t i = hash(e.parent, std::string_view(labels_).substr(e.label_off, e.label_len)) & mask;
+    while (edges_[i].parent != kNone) i = (i + 1) & mask;
+    edges_[i] = e;
   }
-  std::memcpy(arena_next_, label.data(), label.size());
-  std::string_view kept(arena_next_, label.size());
-  arena_next_ += label.size();
-  arena_left_ -= label.size();
-  return kept;
 }
 
 DomainTrie::Slots& DomainTrie::node(std::string_view domain) {
@@ -26,13 +23,18 @@ DomainTrie::Slots& DomainTrie::node(std::string_view domain) {
     size_t dot = domain.rfind('.', end - 1);
     size_t start = dot == std::string_view::npos ? 0 : dot + 1;
     auto label = domain.substr(start, end - start);
-    uint32_t c = child(n, label);
-    if (c == kNone) {
-      c = static_cast<uint32_t>(nodes_.size());
+    uint32_t h = hash(n, label);
+    size_t slot = find_slot(n, label, h);
+    if (edges_[slot].parent == kNone) {
+      Edge e{n, uint32_t(nodes_.size()), uint32_t(labels_.size()), uint32_t(label.size())};
+      labels_.append(label);
       nodes_.emplace_back();
-      edges_.emplace(Edge{n, keep(label)}, c);
+      edges_[slot] = e;
+      if (++used_ * 4 > edges_.size() * 3) grow();
+      n = e.child;
+    } else {
+      n = edges_[slot].child;
     }
-    n = c;
     if (start == 0) break;
     end = dot;
   }

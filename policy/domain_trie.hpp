@@ -1,13 +1,14 @@
 // A reversed-label domain trie: "sales.example.com" is stored as the path
 // com -> example -> sales. Each node has two slots: one for the domain itself
-// and one for everything below it. Edges live in one hash table keyed by
-// (parent node, label), labels in an append-only arena, so a node costs a few
-// dozen bytes and a lookup is one hash probe per label of the key.
+// and one for everything below it. Edges live in one open-addressing hash
+// table keyed by (parent node, label) with labels in a byte arena, so a node
+// costs about 30 bytes, the whole trie is a handful of flat arrays (cheap to
+// build, free and walk), and a lookup is one probe per label of the key.
 #pragma once
 #include <cstdint>
-#include <memory>
+#include <cstring>
+#include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace tlspolicy {
@@ -38,26 +39,37 @@ class DomainTrie {
 
  private:
   struct Edge {
-    uint32_t parent;
-    std::string_view label;
-    bool operator==(const Edge&) const = default;
+    uint32_t parent = kNone;  // kNone marks an empty slot
+    uint32_t child = 0;
+    uint32_t label_off = 0;
+    uint32_t label_len = 0;
   };
-  struct EdgeHash {
-    size_t operator()(const Edge& e) const {
-      return std::hash<std::string_view>{}(e.label) * 31 + e.parent;
-    }
-  };
-  uint32_t child(uint32_t parent, std::string_view label) const {
-    auto it = edges_.find(Edge{parent, label});
-    return it == edges_.end() ? kNone : it->second;
+  static uint32_t hash(uint32_t parent, std::string_view label) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t(parent) * 0x9E3779B97F4A7C15ull);
+    for (unsigned char c : label) h = (h ^ c) * 1099511628211ull;
+    return uint32_t(h ^ (h >> 32));
   }
-  std::string_view keep(std::string_view label);
+  // Index of the slot holding (parent, label), or of the empty slot where it would go.
+  size_t find_slot(uint32_t parent, std::string_view label, uint32_t h) const {
+    size_t mask = edges_.size() - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+      const Edge& e = edges_[i];
+      if (e.parent == kNone) return i;
+      if (e.parent == parent && e.label_len == label.size() &&
+          std::memcmp(labels_.data() + e.label_off, label.data(), label.size()) == 0)
+        return i;
+    }
+  }
+  uint32_t child(uint32_t parent, std::string_view label) const {
+    const Edge& e = edges_[find_slot(parent, label, hash(parent, label))];
+    return e.parent == kNone ? kNone : e.child;
+  }
+  void grow();
 
   std::vector<Slots> nodes_{1};  // node 0 is the root
-  std::unordered_map<Edge, uint32_t, EdgeHash> edges_;
-  std::vector<std::unique_ptr<char[]>> arena_;
-  size_t arena_left_ = 0;
-  char* arena_next_ = nullptr;
+  std::vector<Edge> edges_ = std::vector<Edge>(16);
+  size_t used_ = 0;
+  std::string labels_;
 };
 
 template <class F>

@@ -40,7 +40,11 @@ class SocketmapServer {
   void add_listener(int fd);
   // Calls on_readable whenever fd is readable (signals, inotify, eventfd).
   void watch(int fd, std::function<void()> on_readable);
-  void set_policy(std::shared_ptr<const Snapshot> s) { policy_ = std::move(s); }
+  // Installs a snapshot; returns the one it replaces.
+  std::shared_ptr<const Snapshot> set_policy(std::shared_ptr<const Snapshot> s) {
+    policy_.swap(s);
+    return s;
+  }
   void set_options(bool log_all, int max_connections, std::chrono::seconds idle);
   void run();  // until stop()
   void stop() { running_ = false; }

@@ -9,10 +9,12 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "daemon/listen.hpp"
@@ -20,9 +22,20 @@
 #include "daemon/reload.hpp"
 #include "policy/config.hpp"
 #include "policy/holder.hpp"
+#include "milter/milter.hpp"
 #include "socketmap/server.hpp"
 
 using namespace tlspolicy;
+
+// libmilter's smfi_main() starts a thread that sigwait()s for SIGHUP,
+// SIGTERM and SIGINT and shuts the milter down on any of them, so it would
+// race the daemon for SIGHUP (reload) and stop the milter. Defining sigwait
+// here overrides libc's for libmilter (the executable's symbol wins), and
+// that thread waits forever instead: the daemon's signalfd is the one place
+// signals are handled, and it stops the milter with smfi_stop().
+extern "C" int sigwait(const sigset_t*, int*) {
+  for (;;) pause();
+}
 
 namespace {
 
@@ -153,8 +166,19 @@ int main(int argc, char** argv) {
     server.add_listener(fd);
     if (ep.starts_with("unix:")) unix_paths.push_back(ep.substr(5));
   }
+  if (!d.milter.empty()) {
+    std::string err;
+    if (!milter_open(d.milter, d, holder, log_line, &err)) fatal(fmt::format("milter {}: {}", d.milter, err));
+  }
   drop_privileges(d);
   server.set_policy(first.snapshot);
+  std::thread milter_thread;
+  std::atomic<bool> milter_done{false};
+  if (!d.milter.empty())
+    milter_thread = std::thread([&] {
+      milter_run();
+      milter_done = true;
+    });
 
   Reloader reloader(config, [&](LoadResult r, double ms) {
     for (auto& w : r.warnings) log_line(LOG_WARNING, w.located());
@@ -187,6 +211,7 @@ int main(int argc, char** argv) {
 
   std::string where;
   for (auto& ep : d.socketmap) where += (where.empty() ? "" : ", ") + ep;
+  if (!d.milter.empty()) where += "; milter on " + d.milter;
   log_line(LOG_INFO, fmt::format("started: {}; {:.1f} ms; socketmap on {}", first.snapshot->summary(), load_ms, where));
   ready();
   try {
@@ -195,6 +220,17 @@ int main(int argc, char** argv) {
     fatal(e.what());
   }
   for (auto& p : unix_paths) ::unlink(p.c_str());
+  if (milter_thread.joinable()) {
+    // libmilter notices smfi_stop() only at its next poll timeout (seconds);
+    // give running sessions a moment, then leave without waiting for it.
+    milter_stop();
+    for (int i = 0; i < 20 && !milter_done; ++i) usleep(50000);
+    if (!milter_done) {
+      log_line(LOG_INFO, "stopped");
+      _exit(0);
+    }
+    milter_thread.join();
+  }
   log_line(LOG_INFO, "stopped");
   return 0;
 }

@@ -1,0 +1,134 @@
+// The milter's decisions without libmilter: Session driven through a fake
+// Mta that records replies, header edits and log lines.
+#include <catch2/catch.hpp>
+
+#include <map>
+
+#include "milter/session.hpp"
+#include "testing.hpp"
+
+using namespace tlspolicy;
+
+namespace {
+
+struct FakeMta : Mta {
+  std::map<std::string, std::string> macros;
+  std::vector<std::string> replies, edits, logs;
+  std::optional<std::string> macro(const char* name) override {
+    auto it = macros.find(name);
+    if (it == macros.end()) return std::nullopt;
+    return it->second;
+  }
+  void set_reply(const std::string& r) override { replies.push_back(r); }
+  void insert_header(int i, const std::string& n, const std::string& v) override {
+    edits.push_back("insert " + std::to_string(i) + " " + n + ": " + v);
+  }
+  void delete_header(const std::string& n, int i) override { edits.push_back("delete " + n + " " + std::to_string(i)); }
+  void log(int, const std::string& t) override { logs.push_back(t); }
+};
+
+const char* kConf = R"(
+default = "may";
+outbound = (
+  { level = "encrypt"; to = [ "partner.test", "auditor@bank.test" ]; },
+  { level = "encrypt"; from = [ "finance@ours.test" ]; }
+);
+inbound = (
+  { from = [ "*@partner.test" ]; min_cipher_bits = 112; },
+  { to = [ "legal" ]; },
+  { to = [ "watch" ]; action = "monitor"; }
+);
+milter = { outbound_clients = [ "10.0.0.0/8" ]; };
+)";
+
+struct Fixture {
+  PolicyHolder holder;
+  Fixture() {
+    auto r = testing::load_text(kConf);
+    for (auto& e : r.errors) FAIL(e.text());
+    holder.store(r.snapshot);
+  }
+};
+
+IpAddr ip(const char* s) { return *parse_ip(s); }
+
+}  // namespace
+
+TEST_CASE("outbound: strictest level wins, forged headers removed, one header on top") {
+  Fixture f;
+  struct Case {
+    std::string sender;
+    std::vector<std::string> rcpts;
+    int forged;
+    std::vector<std::string> want;
+  };
+  const Case cases[] = {
+      {"<a@ours.test>", {"<x@other.test>"}, 0, {"insert 0 X-TLSLevel: Try"}},
+      {"<a@ours.test>", {"<x@other.test>", "<y@mx.partner.test>"}, 0, {"insert 0 X-TLSLevel: Require"}},
+      {"<a@ours.test>", {"<auditor@bank.test>"}, 2,
+       {"delete X-TLSLevel 2", "delete X-TLSLevel 1", "insert 0 X-TLSLevel: Require"}},
+      {"<a@ours.test>", {"<clerk@bank.test>"}, 1, {"delete X-TLSLevel 1", "insert 0 X-TLSLevel: Try"}},
+      {"<finance@ours.test>", {"<x@other.test>"}, 0, {"insert 0 X-TLSLevel: Require"}},
+  };
+  for (auto& c : cases) {
+    FakeMta mta;
+    Session s(f.holder);
+    s.connect(ip("10.1.2.3"), mta);
+    REQUIRE(s.mail(c.sender, mta) == Verdict2::go_on);
+    CHECK(s.outbound());
+    for (auto& r : c.rcpts) REQUIRE(s.rcpt(r, mta) == Verdict2::go_on);
+    for (int i = 0; i < c.forged; ++i) s.header(i % 2 ? "x-tlslevel" : "X-TLSLevel");
+    s.header("Subject");
+    s.end_of_message(mta);
+    std::string got;
+    for (auto& e : mta.edits) got += e + "; ";
+    std::string want;
+    for (auto& e : c.want) want += e + "; ";
+    INFO("from " << c.sender << "\n  got  " << got << "\n  want " << want);
+    CHECK(got == want);
+  }
+}
+
+TEST_CASE("direction: authenticated or listed clients are outbound, others inbound") {
+  Fixture f;
+  FakeMta mta;
+  Session in(f.holder);
+  in.connect(ip("198.51.100.1"), mta);
+  in.mail("<x@else.test>", mta);
+  CHECK_FALSE(in.outbound());
+  FakeMta auth;
+  auth.macros["{auth_authen}"] = "alice";
+  Session out(f.holder);
+  out.connect(ip("198.51.100.1"), auth);
+  out.mail("<alice@ours.test>", auth);
+  CHECK(out.outbound());
+}
+
+TEST_CASE("inbound: sender at MAIL, recipients at RCPT one by one, STARTTLS facts") {
+  Fixture f;
+  FakeMta mta;
+  Session s(f.holder);
+  s.connect(ip("198.51.100.1"), mta);
+  s.helo(mta);
+  CHECK(s.mail("<p@partner.test>", mta) == Verdict2::reject);
+  CHECK(mta.replies.back() == "554 5.7.0 encryption too weak 0 less than 112");
+  // STARTTLS: abort, then a HELO with the TLS macros.
+  s.abort();
+  mta.macros["{tls_version}"] = "TLSv1.3";
+  mta.macros["{cipher_bits}"] = "256";
+  s.helo(mta);
+  CHECK(s.mail("<p@partner.test>", mta) == Verdict2::go_on);
+  // Without TLS: one protected recipient rejected, the other goes on.
+  FakeMta plain;
+  Session t(f.holder);
+  t.connect(ip("198.51.100.1"), plain);
+  t.helo(plain);
+  REQUIRE(t.mail("<x@else.test>", plain) == Verdict2::go_on);
+  CHECK(t.rcpt("<legal@ours.test>", plain) == Verdict2::reject);
+  CHECK(plain.replies.back() == "550 5.7.1 <legal@ours.test>: TLS required for mail to this recipient");
+  CHECK(t.rcpt("<bob@ours.test>", plain) == Verdict2::go_on);
+  CHECK(t.rcpt("<watch@ours.test>", plain) == Verdict2::go_on);  // monitor
+  bool logged = false;
+  for (auto& l : plain.logs) logged |= l.find("would reject") != std::string::npos;
+  CHECK(logged);
+}

@@ -4,10 +4,12 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "policy/config.hpp"
@@ -48,20 +50,14 @@ std::shared_ptr<const Snapshot> load(const std::string& path, bool verbose) {
   return r.snapshot;
 }
 
-// postmap -q - semantics: found keys print "key<TAB>value"; exit 0 if any was found.
-int query_stream(const Snapshot& s, MapName map, FILE* in) {
-  std::string data;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, in)) > 0) data.append(buf, n);
-  std::string out;
-  out.reserve(1 << 20);
+// Answers the keys in data (whole lines) into out; returns whether any was found.
+bool answer_lines(const Snapshot& s, MapName map, std::string_view data, std::string& out) {
   bool any = false;
   size_t pos = 0;
   while (pos < data.size()) {
     size_t nl = data.find('\n', pos);
-    if (nl == std::string::npos) nl = data.size();
-    std::string_view key(data.data() + pos, nl - pos);
+    if (nl == std::string_view::npos) nl = data.size();
+    std::string_view key = data.substr(pos, nl - pos);
     pos = nl + 1;
     if (!key.empty() && key.back() == '\r') key.remove_suffix(1);
     if (key.empty()) continue;
@@ -72,12 +68,51 @@ int query_stream(const Snapshot& s, MapName map, FILE* in) {
     out += '\t';
     out.append(a.value);
     out += '\n';
-    if (out.size() > (1 << 20)) {
-      fwrite(out.data(), 1, out.size(), stdout);
-      out.clear();
+  }
+  return any;
+}
+
+// postmap -q - semantics: found keys print "key<TAB>value", in input order;
+// exit 0 if any was found. Input is read in blocks, and a block's lines are
+// answered by one thread per core (the snapshot is immutable and shared), so
+// memory stays bounded and a big batch uses the whole machine.
+int query_stream(const Snapshot& s, MapName map, FILE* in) {
+  const size_t kBlock = 4 << 20;
+  unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  std::string carry, block;
+  std::vector<char> buf(kBlock);
+  std::vector<std::string> outs(threads);
+  bool any = false, eof = false;
+  while (!eof) {
+    size_t n = fread(buf.data(), 1, buf.size(), in);
+    eof = n < buf.size();
+    block.assign(carry);
+    block.append(buf.data(), n);
+    size_t cut = eof ? block.size() : block.rfind('\n') + 1;  // 0 if no newline yet
+    carry.assign(block, cut, std::string::npos);
+    std::string_view work(block.data(), cut);
+    // Split at line boundaries into one range per thread (one if small).
+    unsigned parts = work.size() < (256u << 10) ? 1 : threads;
+    std::vector<std::string_view> ranges;
+    size_t start = 0;
+    for (unsigned t = 0; t < parts; ++t) {
+      size_t end = t + 1 == parts ? work.size() : work.find('\n', std::min(work.size(), start + work.size() / parts));
+      end = end == std::string_view::npos ? work.size() : std::min(work.size(), end + 1);
+      ranges.push_back(work.substr(start, end - start));
+      start = end;
+    }
+    std::vector<char> found(parts, 0);
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < parts; ++t)
+      pool.emplace_back([&, t] { found[t] = answer_lines(s, map, ranges[t], outs[t]); });
+    found[0] = answer_lines(s, map, ranges[0], outs[0]);
+    for (auto& th : pool) th.join();
+    for (unsigned t = 0; t < parts; ++t) {
+      any |= found[t] != 0;
+      fwrite(outs[t].data(), 1, outs[t].size(), stdout);
+      outs[t].clear();
     }
   }
-  fwrite(out.data(), 1, out.size(), stdout);
   return any ? 0 : 1;
 }
 

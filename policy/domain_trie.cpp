@@ -10,7 +10,7 @@ void DomainTrie::grow() {
   size_t mask = edges_.size() - 1;
   for (const Edge& e : old) {
     if (e.parent == kNone) continue;
-    size_t i = hash(e.parent, std::string_view(labels_).substr(e.label_off, e.label_len)) & mask;
+    size_t i = hash(e.parent, std::string_view(labels_).substr(e.label_off, e.tag_len & 0xff)) & mask;
     while (edges_[i].parent != kNone) i = (i + 1) & mask;
     edges_[i] = e;
   }
@@ -18,6 +18,7 @@ void DomainTrie::grow() {
 
 DomainTrie::Slots& DomainTrie::node(std::string_view domain) {
   uint32_t n = 0;
+  Slots* slots = &root_;
   size_t end = domain.size();
   while (end > 0) {
     size_t dot = domain.rfind('.', end - 1);
@@ -26,19 +27,19 @@ DomainTrie::Slots& DomainTrie::node(std::string_view domain) {
     uint32_t h = hash(n, label);
     size_t slot = find_slot(n, label, h);
     if (edges_[slot].parent == kNone) {
-      Edge e{n, uint32_t(nodes_.size()), uint32_t(labels_.size()), uint32_t(label.size())};
+      edges_[slot] = Edge{n, uint32_t(used_ + 1), uint32_t(labels_.size()), tag_len(h, label.size()), {}};
       labels_.append(label);
-      nodes_.emplace_back();
-      edges_[slot] = e;
-      if (++used_ * 4 > edges_.size() * 3) grow();
-      n = e.child;
-    } else {
-      n = edges_[slot].child;
+      if (++used_ * 4 > edges_.size() * 3) {
+        grow();
+        slot = find_slot(n, label, hash(n, label));
+      }
     }
+    n = edges_[slot].child;
+    slots = &edges_[slot].slots;
     if (start == 0) break;
     end = dot;
   }
-  return nodes_[n];
+  return *slots;
 }
 
 }  // namespace tlspolicy

@@ -1,9 +1,10 @@
 // A reversed-label domain trie: "sales.example.com" is stored as the path
 // com -> example -> sales. Each node has two slots: one for the domain itself
-// and one for everything below it. Edges live in one open-addressing hash
-// table keyed by (parent node, label) with labels in a byte arena, so a node
-// costs about 30 bytes, the whole trie is a handful of flat arrays (cheap to
-// build, free and walk), and a lookup is one probe per label of the key.
+// and one for everything below it. Nodes live in one open-addressing hash
+// table keyed by (parent node id, label), each entry holding its node's
+// slots, with labels in a byte arena: a node costs about 30 bytes, the trie
+// is two flat arrays (cheap to build, free and walk), and a lookup is one
+// probe per label of the key (a cache miss for the entry, one for the label).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -35,15 +36,19 @@ class DomainTrie {
   template <class F>
   void visit(std::string_view key, bool sub_only, F&& f) const;
 
-  size_t node_count() const { return nodes_.size(); }
+  size_t node_count() const { return used_ + 1; }
 
  private:
   struct Edge {
-    uint32_t parent = kNone;  // kNone marks an empty slot
-    uint32_t child = 0;
+    uint32_t parent = kNone;  // parent node id; kNone marks an empty entry
+    uint32_t child = 0;       // this node's id (the parent key of its children)
     uint32_t label_off = 0;
-    uint32_t label_len = 0;
+    uint32_t tag_len = 0;     // 24 bits of the hash above 8 bits of label length
+    Slots slots;              // this node's values
   };
+  // Comparing tags first spares the label bytes (another cache miss) on
+  // almost every probe that is not the one we are looking for.
+  static uint32_t tag_len(uint32_t h, size_t len) { return (h & 0xffffff00u) | uint32_t(len); }
   static uint32_t hash(uint32_t parent, std::string_view label) {
     uint64_t h = 1469598103934665603ull ^ (uint64_t(parent) * 0x9E3779B97F4A7C15ull);
     for (unsigned char c : label) h = (h ^ c) * 1099511628211ull;
@@ -55,18 +60,19 @@ class DomainTrie {
     for (size_t i = h & mask;; i = (i + 1) & mask) {
       const Edge& e = edges_[i];
       if (e.parent == kNone) return i;
-      if (e.parent == parent && e.label_len == label.size() &&
+      if (e.parent == parent && e.tag_len == tag_len(h, label.size()) &&
           std::memcmp(labels_.data() + e.label_off, label.data(), label.size()) == 0)
         return i;
     }
   }
-  uint32_t child(uint32_t parent, std::string_view label) const {
+  const Edge* find(uint32_t parent, std::string_view label) const {
+    if (label.size() > 255) return nullptr;  // keeps the length inside its 8 bits
     const Edge& e = edges_[find_slot(parent, label, hash(parent, label))];
-    return e.parent == kNone ? kNone : e.child;
+    return e.parent == kNone ? nullptr : &e;
   }
   void grow();
 
-  std::vector<Slots> nodes_{1};  // node 0 is the root
+  Slots root_;  // node 0, the root (never holds values: no entry is empty)
   std::vector<Edge> edges_ = std::vector<Edge>(16);
   size_t used_ = 0;
   std::string labels_;
@@ -88,15 +94,15 @@ void DomainTrie::visit(std::string_view key, bool sub_only, F&& f) const {
     size_t dot = key.rfind('.', end - 1);
     size_t start = dot == std::string_view::npos ? 0 : dot + 1;
     if (start == end) return;  // empty label: not a domain
-    uint32_t c = child(n, key.substr(start, end - start));
-    if (c == kNone) break;
-    n = c;
+    const Edge* e = find(n, key.substr(start, end - start));
+    if (!e) break;
+    n = e->child;
     if (start == 0) {  // reached the key's own node
-      if (!sub_only && nodes_[n].self != kNone && !f(Hit{nodes_[n].self, 0, true})) return;
-      if (sub_only && nodes_[n].sub != kNone && nseen < 128) seen[nseen++] = {nodes_[n].sub, 0};
+      if (!sub_only && e->slots.self != kNone && !f(Hit{e->slots.self, 0, true})) return;
+      if (sub_only && e->slots.sub != kNone && nseen < 128) seen[nseen++] = {e->slots.sub, 0};
       break;
     }
-    if (nodes_[n].sub != kNone && nseen < 128) seen[nseen++] = {nodes_[n].sub, start};
+    if (e->slots.sub != kNone && nseen < 128) seen[nseen++] = {e->slots.sub, start};
     end = dot;
   }
   for (int i = nseen - 1; i >= 0; --i)

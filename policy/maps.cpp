@@ -65,10 +65,12 @@ std::optional<NextHop> parse_next_hop(std::string_view k) {
     if (!h.ip) h.host = inner;
     return h;
   }
-  if (auto ip = parse_ip(k)) {
-    h.ip = ip;
-    return h;
-  }
+  // Only digits-first or colon-holding keys can be addresses: skip inet_pton otherwise.
+  if ((!k.empty() && k[0] >= '0' && k[0] <= '9') || k.find(':') != std::string_view::npos)
+    if (auto ip = parse_ip(k)) {
+      h.ip = ip;
+      return h;
+    }
   auto colon = k.rfind(':');
   if (colon != std::string_view::npos) k = k.substr(0, colon);
   if (k.starts_with(".")) {

@@ -64,7 +64,9 @@ struct MilterSettings {
   std::string header_require = "Require";
   std::string header_try = "Try";
   bool authenticated_is_outbound = true;
-  std::vector<std::string> outbound_daemons;  // {daemon_name} values, e.g. "submission"
+  // {daemon_name} values: Postfix sends its milter_macro_daemon_name (default
+  // $myhostname), so give the submission service -o milter_macro_daemon_name=NAME.
+  std::vector<std::string> outbound_daemons;
   Action failure_action = Action::tempfail;
 };
 

@@ -5,12 +5,30 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <iterator>
 #include <mutex>
 
 namespace tlspolicy {
+
 namespace {
+
 bool g_stderr = true;
 std::mutex g_mutex;
+std::string g_pending;  // stderr lines not yet written, guarded by g_mutex
+
+void append_line(std::string& out, int priority, const std::string& text) {
+  const char* sev = priority <= LOG_ERR ? "error: " : priority == LOG_WARNING ? "warning: " : "";
+  auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  fmt::format_to(std::back_inserter(out), "{:%Y-%m-%dT%H:%M:%S} tlspolicyd: {}{}\n", fmt::localtime(now), sev, text);
+}
+
+void write_out() {
+  if (g_pending.empty()) return;
+  fwrite(g_pending.data(), 1, g_pending.size(), stderr);
+  fflush(stderr);
+  g_pending.clear();
+}
+
 }  // namespace
 
 void log_init(bool to_stderr) {
@@ -23,12 +41,25 @@ void log_line(int priority, const std::string& text) {
     syslog(priority, "%s", text.c_str());
     return;
   }
-  const char* sev = priority <= LOG_ERR ? "error: " : priority == LOG_WARNING ? "warning: " : "";
-  auto now = std::chrono::system_clock::now();
   std::lock_guard lock(g_mutex);
-  fmt::print(stderr, "{:%Y-%m-%dT%H:%M:%S} tlspolicyd: {}{}\n", fmt::localtime(std::chrono::system_clock::to_time_t(now)),
-             sev, text);
-  fflush(stderr);
+  append_line(g_pending, priority, text);  // after any deferred lines: order kept
+  write_out();
+}
+
+void log_deferred(int priority, const std::string& text) {
+  if (!g_stderr) {
+    syslog(priority, "%s", text.c_str());
+    return;
+  }
+  std::lock_guard lock(g_mutex);
+  append_line(g_pending, priority, text);
+  if (g_pending.size() > (64 << 10)) write_out();
+}
+
+void log_flush() {
+  if (!g_stderr) return;
+  std::lock_guard lock(g_mutex);
+  write_out();
 }
 
 }  // namespace tlspolicy

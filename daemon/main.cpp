@@ -158,7 +158,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> unix_paths;
   PolicyHolder holder;
   holder.store(first.snapshot);
-  SocketmapServer server({d.max_connections, std::chrono::seconds(d.idle_timeout), d.log_all_lookups, log_line});
+  SocketmapServer server(
+      {d.max_connections, std::chrono::seconds(d.idle_timeout), d.log_all_lookups, log_line, log_deferred, log_flush});
   for (auto& ep : d.socketmap) {
     std::string err;
     int fd = open_listener(ep, d, &err);

@@ -32,6 +32,7 @@ struct SocketmapServer::Conn {
 };
 
 SocketmapServer::SocketmapServer(ServerOptions opt) : opt_(std::move(opt)) {
+  if (!opt_.log_lookup) opt_.log_lookup = opt_.log;
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) throw std::runtime_error(fmt::format("epoll_create1: {}", std::strerror(errno)));
 }
@@ -109,7 +110,7 @@ void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply&
     why = rule.is_default ? fmt::format("default at {}", policy_->where(rule))
                           : fmt::format("rule \"{}\" at {}", rule.name, policy_->where(rule));
   }
-  opt_.log(LOG_INFO, fmt::format("lookup {} {}: {} ({})", map_name(r.map), shown, r.payload, why));
+  opt_.log_lookup(LOG_INFO, fmt::format("lookup {} {}: {} ({})", map_name(r.map), shown, r.payload, why));
 }
 
 void SocketmapServer::on_readable(Conn& c) {
@@ -238,6 +239,7 @@ void SocketmapServer::run() {
       }
       if (events[i].events & EPOLLIN) on_readable(c);
     }
+    if (opt_.flush_log) opt_.flush_log();
     if (Clock::now() >= next_sweep) {
       sweep();
       next_sweep = Clock::now() + std::chrono::seconds(1);

@@ -28,6 +28,9 @@ struct ServerOptions {
   bool log_all_lookups = false;
   // Receives log lines: priority (syslog's LOG_*) and text.
   std::function<void(int, const std::string&)> log;
+  // Per-lookup lines (may be buffered), and the flush run after each loop round.
+  std::function<void(int, const std::string&)> log_lookup;
+  std::function<void()> flush_log;
 };
 
 class SocketmapServer {

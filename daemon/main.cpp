@@ -189,8 +189,10 @@ int main(int argc, char** argv) {
       return;
     }
     const auto& nd = r.snapshot->settings.daemon;
-    if (nd.socketmap != d.socketmap || nd.milter != d.milter || nd.user != d.user)
-      log_line(LOG_WARNING, "listening addresses and user are read at start only: restart to change them");
+    if (nd.socketmap != d.socketmap || nd.milter != d.milter || nd.user != d.user || nd.group != d.group ||
+        nd.socket_owner != d.socket_owner || nd.socket_group != d.socket_group || nd.socket_mode != d.socket_mode)
+      log_line(LOG_WARNING, "listening addresses, sockets' owner and mode, user and group are read at start "
+                            "only: restart to change them");
     server.set_options(nd.log_all_lookups, nd.max_connections, std::chrono::seconds(nd.idle_timeout));
     auto old = server.set_policy(r.snapshot);
     holder.store(r.snapshot);

@@ -54,7 +54,8 @@ class SmfiMta final : public Mta {
     } else {
       text = reply.size() > 4 ? reply.substr(4) : "";
     }
-    smfi_setreply(ctx_, code.data(), xcode.empty() ? nullptr : xcode.data(), text.data());
+    if (smfi_setreply(ctx_, code.data(), xcode.empty() ? nullptr : xcode.data(), text.data()) != MI_SUCCESS)
+      g_log(LOG_WARNING, fmt::format("milter: libmilter refused the reply \"{}\": the MTA sends its default text", reply));
   }
   void insert_header(int index, const std::string& name, const std::string& value) override {
     if (smfi_insheader(ctx_, index, const_cast<char*>(name.c_str()), const_cast<char*>(value.c_str())) != MI_SUCCESS)
@@ -277,8 +278,16 @@ bool milter_open(const std::string& endpoint, const DaemonSettings& d, const Pol
     std::string path = endpoint.substr(5);
     uid_t uid = uid_t(-1);
     gid_t gid = gid_t(-1);
-    if (passwd* pw = d.socket_owner.empty() ? nullptr : getpwnam(d.socket_owner.c_str())) uid = pw->pw_uid;
-    if (group* gr = d.socket_group.empty() ? nullptr : getgrnam(d.socket_group.c_str())) gid = gr->gr_gid;
+    if (!d.socket_owner.empty()) {
+      passwd* pw = getpwnam(d.socket_owner.c_str());
+      if (!pw) return *error = fmt::format("socket_owner \"{}\": no such user", d.socket_owner), false;
+      uid = pw->pw_uid;
+    }
+    if (!d.socket_group.empty()) {
+      group* gr = getgrnam(d.socket_group.c_str());
+      if (!gr) return *error = fmt::format("socket_group \"{}\": no such group", d.socket_group), false;
+      gid = gr->gr_gid;
+    }
     if ((uid != uid_t(-1) || gid != gid_t(-1)) && chown(path.c_str(), uid, gid) < 0)
       return *error = fmt::format("chown {}: {}", path, std::strerror(errno)), false;
     if (chmod(path.c_str(), d.socket_mode) < 0)

@@ -150,6 +150,13 @@ class Loader {
                  uint32_t file, uint32_t line);
   void read_list(const Setting& at, const std::string& name, Matcher& m, Dimension dim,
                  bool subdomains, uint32_t rule);
+  // Registers the file of every setting, so @include files that only hold
+  // settings are watched for changes too.
+  void collect_sources(const Setting& s) {
+    if (s.getSourceFile()) file_index(s.getSourceFile());
+    if (s.isAggregate())
+      for (int i = 0; i < s.getLength(); ++i) collect_sources(s[i]);
+  }
   uint32_t add_rule(Rule r) {
     snap_->rules.push_back(std::move(r));
     return uint32_t(snap_->rules.size() - 1);
@@ -419,6 +426,10 @@ void Loader::read_inbound(const Setting& r, int index) {
     auto problem = check_reply(rule.reply);
     if (!problem.empty()) error(r["reply"], problem);
   }
+  if (!rule.reply.empty() && rule.reply[0] == '4' && rule.action == Action::reject)
+    error(r["reply"], fmt::format("reply \"{}\" is a temporary (4xx) reply but action is \"reject\": use "
+                                  "action = \"tempfail\", or a 5xx reply",
+                                  rule.reply));
   if (!rule.require_tls && (rule.min_bits || !rule.min_protocol.empty()))
     error(r, fmt::format("inbound rule \"{}\" says require = \"none\" but also sets a minimum",
                          rule.name));
@@ -609,6 +620,7 @@ LoadResult Loader::run() {
       outbound ? read_outbound(list[i], i) : read_inbound(list[i], i);
   }
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
+  collect_sources(root);
   result_.files = snap_->files;
   if (result_.errors.empty()) result_.snapshot = std::move(snap_);
   return std::move(result_);

@@ -161,7 +161,11 @@ Answer transport(const Snapshot& s, std::string_view key, bool explain) {
     Level own = s.rules[r.address_rule].policy.level;
     bool route = s.settings.route == Route::stricter ? rank(own) > rank(r.domain_level) : enforces_tls(own);
     if (route) decider = r.address_rule;
-    if (explain)
+    if (explain && route && s.settings.route == Route::enforced)
+      a.reasoning = fmt::format("route = \"enforced\": the address rule ({}) enforces TLS, so this recipient "
+                                "is routed to the enforcing transport",
+                                level_name(own));
+    else if (explain)
       a.reasoning = route ? fmt::format("the address rule ({}) is stricter than its domain's level ({}), "
                                         "so this recipient is routed to the enforcing transport",
                                         level_name(own), level_name(r.domain_level))
@@ -224,12 +228,19 @@ std::string expand(std::string_view tmpl, const Rule& r, const TlsFacts& f, std:
     }
     out += tmpl[i];
   }
-  // Sender and recipient come from the client: keep the reply one clean line.
+  // Sender and recipient come from the client: keep the reply one clean
+  // line, within SMTP's 512-byte reply limit.
   for (auto& c : out)
     if (c < ' ' || c > '~' || c == '%') c = '?';
+  if (out.size() > 500) out = out.substr(0, 497) + "...";
   if (r.action == Action::tempfail && out[0] == '5') {
+    // As Postfix's soft_bounce: 5yz becomes 4yz, 5.x.y becomes 4.x.y; where
+    // 4yz is not a defined reply (430, 403...) use 451.
     out[0] = '4';
     if (out.size() > 5 && out[4] == '5' && out[5] == '.') out[4] = '4';
+    auto code = std::string_view(out).substr(0, 3);
+    if (code != "421" && code != "450" && code != "451" && code != "452" && code != "454" && code != "455")
+      out.replace(0, 3, "451");
   }
   return out;
 }

@@ -3,6 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
+#include "policy/names.hpp"
+
 namespace tlspolicy {
 
 std::string_view action_name(Action a) {
@@ -17,7 +21,9 @@ std::string_view action_name(Action a) {
 int protocol_rank(std::string_view v) {
   constexpr std::string_view order[] = {"SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"};
   for (int i = 0; i < 6; ++i)
-    if (order[i] == v) return i + 1;
+    if (order[i].size() == v.size() &&
+        std::equal(v.begin(), v.end(), order[i].begin(), [](char a, char b) { return ascii_lower(a) == ascii_lower(b); }))
+      return i + 1;
   return 0;
 }
 

@@ -44,6 +44,7 @@ TEST_CASE("configuration errors name file, line and the fix") {
       {"inbound = ( { from = \"*@p.test\"; reply = \"550 5.7.1 {oops}\"; } );", {}, "unknown placeholder"},
       {"inbound = ( { from = \"*@p.test\"; reply = \"550 4.7.1 x\"; } );", {}, "same class"},
       {"inbound = ( { require = \"tls\"; } );", {}, "matches nothing"},
+      {"inbound = ( { from = \"*@p.test\"; reply = \"451 4.7.1 later\"; } );", {}, "use action = \"tempfail\""},
       {"inbound = ( { clients = \"example.com\"; } );", {}, "not an IP address or range"},
       {"daemon = { socketmap = \"inet:localhost:8461\"; };", {}, "is not an endpoint"},
       {"daemon = { socket_mode = \"rw\"; };", {}, "not an octal mode"},

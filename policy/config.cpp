@@ -41,6 +41,7 @@ constexpr Key kTopKeys[] = {
     {"default", Type::string},   {"subdomains", Type::boolean}, {"recipient_delimiter", Type::string},
     {"transport", Type::string}, {"route", Type::string},       {"outbound", Type::list},
     {"inbound", Type::list},     {"daemon", Type::group},       {"milter", Type::group},
+    {"sendmail_min_bits", Type::integer},
 };
 constexpr Key kOutboundKeys[] = {
     {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
@@ -558,6 +559,12 @@ void Loader::read_settings(const Setting& root) {
       error(root["transport"], fmt::format("transport \"{}\" must be service:nexthop, e.g. "
                                            "\"smtp-tls-encrypt:\" or \"smtp-tls-encrypt:[relay.example]:587\"",
                                            s.transport));
+  }
+  if (root.exists("sendmail_min_bits")) {
+    long long b = as_int(root["sendmail_min_bits"]);
+    if (b < 1 || b > 1024)
+      error(root["sendmail_min_bits"], fmt::format("sendmail_min_bits = {} is out of range (1..1024)", b));
+    s.sendmail_min_bits = int(b);
   }
   if (root.exists("route")) {
     std::string r = root["route"].c_str();

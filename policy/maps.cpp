@@ -12,6 +12,7 @@ std::optional<MapName> parse_map_name(std::string_view n) {
   if (n == "transport") return MapName::transport;
   if (n == "sender-transport") return MapName::sender_transport;
   if (n == "inbound") return MapName::inbound;
+  if (n == "access") return MapName::sendmail_access;
   return std::nullopt;
 }
 
@@ -21,6 +22,7 @@ std::string_view map_name(MapName m) {
     case MapName::transport: return "transport";
     case MapName::sender_transport: return "sender-transport";
     case MapName::inbound: return "inbound";
+    case MapName::sendmail_access: return "access";
   }
   return "?";
 }
@@ -327,6 +329,68 @@ Answer inbound(const Snapshot& s, std::string_view key, bool explain) {
   return a;
 }
 
+bool iequal_prefix(std::string_view key, std::string_view tag) {
+  if (key.size() < tag.size()) return false;
+  for (size_t i = 0; i < tag.size(); ++i)
+    if (ascii_lower(key[i]) != ascii_lower(tag[i])) return false;
+  return true;
+}
+
+// Sendmail's access map as a socket map: the same policy in Sendmail's
+// words. Enforcing levels become "ENCR:<bits>" (a rule's minimum for
+// inbound clients, else sendmail_min_bits); level none for a host becomes
+// "NO" for Try_TLS; everything else (Connect:, From:, Spam: ...) NOTFOUND.
+Answer sendmail_access(const Snapshot& s, std::string_view key, bool explain) {
+  Answer a;
+  auto encr = [&](uint32_t rule, int bits) {
+    a.found = true;
+    a.rule = rule;
+    a.value = fmt::format("ENCR:{}", bits > 0 ? bits : s.settings.sendmail_min_bits);
+  };
+  if (iequal_prefix(key, "TLS_Srv:") || iequal_prefix(key, "Try_TLS:")) {
+    bool try_tls = iequal_prefix(key, "Try_TLS:");
+    Answer p = tls_policy(s, key.substr(8), explain);
+    a.trail = std::move(p.trail);
+    if (p.rule != kNone) {
+      Level l = s.rules[p.rule].policy.level;
+      if (!try_tls && enforces_tls(l)) encr(p.rule, 0);
+      if (try_tls && l == Level::none) {
+        a.found = true;
+        a.rule = p.rule;
+        a.value = "NO";
+      }
+    }
+  } else if (iequal_prefix(key, "TLS_Rcpt:")) {
+    auto rest = key.substr(9);
+    uint32_t rule = kNone;
+    Level l = Level::may;
+    if (rest.find('@') != std::string_view::npos) {
+      l = recipient_level(s, rest, &rule);
+    } else {
+      Answer p = tls_policy(s, rest, false);
+      rule = p.rule;
+      if (rule != kNone) l = s.rules[rule].policy.level;
+    }
+    if (rule != kNone && enforces_tls(l)) encr(rule, 0);
+  } else if (iequal_prefix(key, "TLS_Clt:")) {
+    auto rest = key.substr(8);
+    if (rest.starts_with("[") && rest.ends_with("]")) rest = rest.substr(1, rest.size() - 2);
+    if (auto ip = parse_ip(rest)) {
+      uint32_t rule = kNone;
+      s.clients.visit_ip(*ip, [&](const Hit& h) {
+        rule = s.entries[h.entry].rule;
+        return false;
+      });
+      if (rule != kNone && s.rules[rule].require_tls && s.rules[rule].action != Action::monitor)
+        encr(rule, s.rules[rule].min_bits);
+    }
+  }
+  if (explain)
+    a.reasoning = a.found ? "Sendmail access map: the policy in Sendmail's words (ENCR:<bits> = TLS required)"
+                          : "no enforcing rule for this key: Sendmail's own defaults apply";
+  return a;
+}
+
 }  // namespace
 
 Level recipient_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule) {
@@ -380,6 +444,7 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain)
     case MapName::transport: return transport(s, key, explain);
     case MapName::sender_transport: return sender_transport(s, key, explain);
     case MapName::inbound: return inbound(s, key, explain);
+    case MapName::sendmail_access: return sendmail_access(s, key, explain);
   }
   return {};
 }

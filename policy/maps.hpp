@@ -11,11 +11,12 @@
 
 namespace tlspolicy {
 
-// One map per Postfix table (plus the inbound check).
-enum class MapName { tls_policy, transport, sender_transport, inbound };
+// One map per Postfix table, the inbound check, and Sendmail's access map
+// (TLS_Srv:, TLS_Rcpt:, TLS_Clt:, Try_TLS: keys; the socket map name "access").
+enum class MapName { tls_policy, transport, sender_transport, inbound, sendmail_access };
 std::optional<MapName> parse_map_name(std::string_view name);
 std::string_view map_name(MapName m);
-constexpr const char* kMapNames = "tls-policy, transport, sender-transport, inbound";
+constexpr const char* kMapNames = "tls-policy, transport, sender-transport, inbound, access";
 
 // One rule that matched a lookup (entry == kNone for the default).
 struct Step {

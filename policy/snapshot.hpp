@@ -77,6 +77,7 @@ struct Settings {
   std::string recipient_delimiter = "+";
   std::string transport = "smtp-tls-encrypt:";
   Route route = Route::stricter;
+  int sendmail_min_bits = 112;  // the bits in Sendmail's "ENCR:<bits>" answers
   DaemonSettings daemon;
   MilterSettings milter;
 };

@@ -2,6 +2,7 @@
 // daemon does; `query` answers a key exactly as the daemon answers Postfix
 // (same snapshot, same query()), with --explain saying which rule decided.
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,12 +33,31 @@ int usage(const char* problem) {
   return 2;
 }
 
+// Like `postfix check`: a policy file that others can change is a way to
+// switch TLS enforcement off, so say so (warnings; the load still counts).
+void warn_permissions(const std::vector<std::string>& files) {
+  for (auto& f : files) {
+    struct stat st;
+    if (stat(f.c_str(), &st) < 0) continue;
+    if (st.st_mode & (S_IWGRP | S_IWOTH))
+      fmt::print(stderr, "{}: warning: group or other writable (chmod go-w {})\n", f, f);
+    if (st.st_uid != 0)
+      fmt::print(stderr, "{}: warning: not owned by root (uid {}): whoever owns it controls the TLS policy\n", f,
+                 st.st_uid);
+    auto slash = f.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : f.substr(0, slash ? slash : 1);
+    if (stat(dir.c_str(), &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+      fmt::print(stderr, "{}: warning: directory {} is writable by others: the file can be replaced\n", f, dir);
+  }
+}
+
 // Loads and reports like `postfix check`: every error, then a verdict.
 std::shared_ptr<const Snapshot> load(const std::string& path, bool verbose) {
   auto t0 = std::chrono::steady_clock::now();
   LoadResult r = load_policy(path);
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   for (auto& w : r.warnings) fmt::print(stderr, "{}\n", w.text("warning"));
+  if (verbose) warn_permissions(r.files);
   for (auto& e : r.errors) fmt::print(stderr, "{}\n", e.text("error"));
   if (!r.snapshot) {
     fmt::print(stderr, "tlspolicy: {}: configuration has {} error{}\n", path, r.errors.size(),

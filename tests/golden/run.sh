@@ -26,4 +26,15 @@ done
 for c in *.check; do
   run_case "${c%.check}.check" "$bin" check -c "${c%.check}.conf"
 done
+# check warns, as postfix check does, about policy files others can change.
+tmp=$(mktemp -d)
+cp policy.conf force.list "$tmp/"
+chmod o+w "$tmp/force.list"
+out=$("$bin" check -c "$tmp/policy.conf" 2>&1)
+if printf '%s' "$out" | grep -q "force.list: warning: group or other writable"; then
+  echo "ok   check warns about a world-writable list file"
+else
+  echo "FAIL check did not warn about a world-writable list file: $out"; fail=1
+fi
+rm -rf "$tmp"
 exit $fail

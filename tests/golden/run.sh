@@ -4,7 +4,7 @@
 #   NAME.MAP.keys   keys for `tlspolicy query -c NAME.conf -m MAP -` (MAP=explain: --explain per key)
 #   NAME.check      `tlspolicy check -c NAME.conf` (errors and warnings included)
 set -u
-bin=$1
+bin=$(command -v "$1" || true); case $1 in */*) bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1");; esac
 update=${2:-}
 cd "$(dirname "$0")"
 fail=0

@@ -39,21 +39,37 @@ Reloader::~Reloader() {
   ::close(done_fd_);
 }
 
+// Watches the directory of every file (editors replace files by rename) and
+// each directory's parent for the directory's own name, so that a directory
+// deleted and recreated, or swapped in by rename (a common deploy step), is
+// noticed too. Called after every reload, so watches follow the directories
+// that exist now.
 void Reloader::watch_files(const std::vector<std::string>& files, bool replace) {
   if (inotify_fd_ < 0) return;
   if (replace) names_.clear();
+  std::set<std::string> dirs;
   for (auto& f : files) {
     auto [dir, name] = split_path(f);
     names_.insert({dir, name});
-    bool watched = false;
-    for (auto& [wd, d] : dirs_) watched |= (d == dir);
-    if (watched) continue;
+    dirs.insert(dir);
+    if (dir != "/") {
+      auto [parent, base] = split_path(dir);
+      names_.insert({parent, base});
+      dirs.insert(parent);
+    }
+  }
+  for (auto& dir : dirs) {
+    // Same inode: the same watch descriptor comes back; a replaced
+    // directory gets a new one.
     int wd = inotify_add_watch(inotify_fd_, dir.c_str(),
-                               IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE);
-    if (wd < 0)
-      log_line(LOG_WARNING, fmt::format("cannot watch {}: {}: changes there need a SIGHUP", dir, std::strerror(errno)));
-    else
+                               IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE |
+                                   IN_DELETE_SELF | IN_MOVE_SELF);
+    if (wd >= 0) {
       dirs_[wd] = dir;
+      unwatchable_.erase(dir);
+    } else if (unwatchable_.insert(dir).second) {
+      log_line(LOG_WARNING, fmt::format("cannot watch {}: {}: reloading when it reappears", dir, std::strerror(errno)));
+    }
   }
 }
 
@@ -67,9 +83,20 @@ void Reloader::on_inotify() {
       auto* ev = reinterpret_cast<inotify_event*>(p);
       p += sizeof(inotify_event) + ev->len;
       auto dir = dirs_.find(ev->wd);
-      if (dir == dirs_.end() || ev->len == 0) continue;
-      // IN_CREATE alone is an empty new file; its IN_CLOSE_WRITE follows.
-      if (ev->mask & IN_CREATE) continue;
+      if (dir == dirs_.end()) continue;
+      if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
+        // The watched directory itself went away or moved: drop this watch
+        // (a moved directory would keep reporting under its old name) and
+        // reload, which watches whatever is at that path now.
+        changed = dir->second;
+        inotify_rm_watch(inotify_fd_, ev->wd);
+        dirs_.erase(dir);
+        continue;
+      }
+      if (ev->len == 0) continue;
+      // A new file is empty at IN_CREATE (its IN_CLOSE_WRITE follows); a new
+      // directory is complete and may be one we watch files in.
+      if ((ev->mask & IN_CREATE) && !(ev->mask & IN_ISDIR)) continue;
       if (names_.count({dir->second, ev->name})) changed = dir->second + "/" + ev->name;
     }
   }

@@ -38,6 +38,7 @@ class Reloader {
   int inotify_fd_ = -1, done_fd_ = -1;
   std::map<int, std::string> dirs_;             // watch descriptor -> directory
   std::set<std::pair<std::string, std::string>> names_;  // (directory, file name) to react to
+  std::set<std::string> unwatchable_;                    // missing directories, warned about once
   std::thread worker_, reaper_;
   bool running_ = false, pending_ = false;
   std::mutex mutex_;

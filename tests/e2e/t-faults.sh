@@ -71,27 +71,9 @@ SMLOAD=$(realpath -e "${2:-$ROOT/build/socketmap_load}")
 # shellcheck source-path=SCRIPTDIR source=lib/postfix.sh
 . "$HERE/lib/postfix.sh"
 
-START=$(date +%s)
-FAILS=0
 TIME_LIMIT=170              # seconds; a broken run gives up after this
-ok() { echo "ok - $*"; }
-fail() {
-    echo "FAIL - $*"
-    FAILS=$((FAILS + 1))
-    if [ $(( $(date +%s) - START )) -gt "$TIME_LIMIT" ]; then
-        die "giving up: over $TIME_LIMIT s"
-    fi
-}
-die() {
-    echo "FAIL - $*"
-    SUMMARY_DONE=1
-    exit 1
-}
-check() {
-    local desc=$1
-    shift
-    if "$@"; then ok "$desc"; else fail "$desc"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=lib/checks.sh
+. "$HERE/lib/checks.sh"
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 e2e_init

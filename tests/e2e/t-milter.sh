@@ -73,31 +73,9 @@ TLSPOLICYD=$(realpath -e "${1:-$ROOT/build/tlspolicyd}")
 # shellcheck source-path=SCRIPTDIR source=lib/postfix.sh
 . "$HERE/lib/postfix.sh"
 
-START=$(date +%s)
-FAILS=0
-ok() { echo "ok - $*"; }
-fail() {
-    echo "FAIL - $*"
-    FAILS=$((FAILS + 1))
-    if [ $(( $(date +%s) - START )) -gt 150 ]; then
-        die "giving up: over 150 s"
-    fi
-}
-die() {
-    echo "FAIL - $*"
-    SUMMARY_DONE=1
-    exit 1
-}
-# check DESC CMD...: run CMD; ok/FAIL DESC.
-check() {
-    local desc=$1
-    shift
-    if "$@"; then ok "$desc"; else fail "$desc"; fi
-}
-# expect_eq DESC GOT WANT
-expect_eq() {
-    if [ "$2" = "$3" ]; then ok "$1: '$2'"; else fail "$1: got '$2', want '$3'"; fi
-}
+TIME_LIMIT=150              # seconds; a broken run gives up after this
+# shellcheck source-path=SCRIPTDIR source=lib/checks.sh
+. "$HERE/lib/checks.sh"
 
 e2e_init
 on_exit() {

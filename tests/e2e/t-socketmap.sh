@@ -66,28 +66,9 @@ TLSPOLICY=$(realpath -e "${2:-$ROOT/build/tlspolicy}")
 # shellcheck source-path=SCRIPTDIR source=lib/postfix.sh
 . "$HERE/lib/postfix.sh"
 
-START=$(date +%s)
-FAILS=0
-ok() { echo "ok - $*"; }
-fail() {
-    echo "FAIL - $*"
-    FAILS=$((FAILS + 1))
-    # Keep a broken run bounded: later checks build on earlier ones.
-    if [ $(( $(date +%s) - START )) -gt 90 ]; then
-        die "giving up: over 90 s"
-    fi
-}
-die() {
-    echo "FAIL - $*"
-    SUMMARY_DONE=1
-    exit 1
-}
-# check DESC CMD...: run CMD; ok/FAIL DESC.
-check() {
-    local desc=$1
-    shift
-    if "$@"; then ok "$desc"; else fail "$desc"; fi
-}
+TIME_LIMIT=90              # seconds; a broken run gives up after this
+# shellcheck source-path=SCRIPTDIR source=lib/checks.sh
+. "$HERE/lib/checks.sh"
 
 e2e_init
 # Own EXIT trap: say why an aborted run ended, then the harness cleanup.

@@ -16,10 +16,21 @@ bool g_stderr = true;
 std::mutex g_mutex;
 std::string g_pending;  // stderr lines not yet written, guarded by g_mutex
 
+// The timestamp prefix is formatted once per second, not once per line.
+time_t g_stamp_time = 0;
+std::string g_stamp;
+
 void append_line(std::string& out, int priority, const std::string& text) {
   const char* sev = priority <= LOG_ERR ? "error: " : priority == LOG_WARNING ? "warning: " : "";
   auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  fmt::format_to(std::back_inserter(out), "{:%Y-%m-%dT%H:%M:%S} tlspolicyd: {}{}\n", fmt::localtime(now), sev, text);
+  if (now != g_stamp_time) {
+    g_stamp_time = now;
+    g_stamp = fmt::format("{:%Y-%m-%dT%H:%M:%S} tlspolicyd: ", fmt::localtime(now));
+  }
+  out += g_stamp;
+  out += sev;
+  out += text;
+  out += '\n';
 }
 
 void write_out() {

@@ -159,7 +159,8 @@ int main(int argc, char** argv) {
   PolicyHolder holder;
   holder.store(first.snapshot);
   SocketmapServer server(
-      {d.max_connections, std::chrono::seconds(d.idle_timeout), d.log_all_lookups, log_line, log_deferred, log_flush});
+      {d.max_connections, std::chrono::seconds(d.idle_timeout), d.log_all_lookups, d.log_rule_lookups, log_line,
+       log_deferred, log_flush});
   for (auto& ep : d.socketmap) {
     std::string err;
     int fd = open_listener(ep, d, &err);
@@ -193,7 +194,8 @@ int main(int argc, char** argv) {
         nd.socket_owner != d.socket_owner || nd.socket_group != d.socket_group || nd.socket_mode != d.socket_mode)
       log_line(LOG_WARNING, "listening addresses, sockets' owner and mode, user and group are read at start "
                             "only: restart to change them");
-    server.set_options(nd.log_all_lookups, nd.max_connections, std::chrono::seconds(nd.idle_timeout));
+    server.set_options(nd.log_all_lookups, nd.log_rule_lookups, nd.max_connections,
+                       std::chrono::seconds(nd.idle_timeout));
     auto old = server.set_policy(r.snapshot);
     holder.store(r.snapshot);
     reloader.retire(std::move(old));

@@ -59,7 +59,7 @@ constexpr Key kDaemonKeys[] = {
     {"socketmap", Type::strings},     {"milter", Type::string},       {"user", Type::string},
     {"group", Type::string},          {"socket_owner", Type::string}, {"socket_group", Type::string},
     {"socket_mode", Type::string},    {"idle_timeout", Type::integer}, {"max_connections", Type::integer},
-    {"log_all_lookups", Type::boolean},
+    {"log_all_lookups", Type::boolean}, {"log_rule_lookups", Type::boolean},
 };
 constexpr Key kMilterKeys[] = {
     {"header", Type::string},          {"header_require", Type::string},
@@ -513,6 +513,7 @@ void Loader::read_daemon(const Setting& g) {
       error(g["max_connections"], fmt::format("max_connections = {} must be 1..100000", d.max_connections));
   }
   if (g.exists("log_all_lookups")) d.log_all_lookups = g["log_all_lookups"];
+  if (g.exists("log_rule_lookups")) d.log_rule_lookups = g["log_rule_lookups"];
 }
 
 void Loader::read_milter(const Setting& g) {

@@ -57,6 +57,7 @@ struct DaemonSettings {
   int idle_timeout = 60;  // seconds; longer than Postfix's 10 s client idle close
   int max_connections = 1024;
   bool log_all_lookups = false;
+  bool log_rule_lookups = true;  // one line per lookup a rule (not the default) decided
 };
 
 struct MilterSettings {

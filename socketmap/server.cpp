@@ -42,8 +42,9 @@ SocketmapServer::~SocketmapServer() {
   ::close(epfd_);
 }
 
-void SocketmapServer::set_options(bool log_all, int max_connections, std::chrono::seconds idle) {
+void SocketmapServer::set_options(bool log_all, bool log_rules, int max_connections, std::chrono::seconds idle) {
   opt_.log_all_lookups = log_all;
+  opt_.log_rule_lookups = log_rules;
   opt_.max_connections = max_connections;
   opt_.idle_timeout = idle;
 }
@@ -94,23 +95,32 @@ void SocketmapServer::accept_all(int listener) {
   }
 }
 
+// One line per lookup a rule decided (every lookup with log_all_lookups),
+// built in a reused buffer: at tens of thousands of lookups a second the
+// line's allocations would cost more than the lookup.
 void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply& r) {
   if (!r.known_map) {
     opt_.log(LOG_WARNING, fmt::format("socketmap: {}", r.payload));
     return;
   }
   bool rule_hit = r.answer.rule != kNone && !policy_->rules[r.answer.rule].is_default;
-  if (!rule_hit && !opt_.log_all_lookups) return;
+  if (!opt_.log_all_lookups && !(rule_hit && opt_.log_rule_lookups)) return;
   auto key = request.substr(request.find(' ') + 1);
-  std::string shown;
-  for (char c : key.substr(0, 256)) shown += (c >= ' ' && c <= '~') ? c : '?';
-  std::string why = "no rule";
-  if (r.answer.rule != kNone) {
+  line_.clear();
+  auto out = std::back_inserter(line_);
+  fmt::format_to(out, "lookup {} ", map_name(r.map));
+  for (char c : key.substr(0, 256)) line_ += (c >= ' ' && c <= '~') ? c : '?';
+  fmt::format_to(out, ": {} (", r.payload);
+  if (r.answer.rule == kNone) {
+    line_ += "no rule)";
+  } else {
     const Rule& rule = policy_->rules[r.answer.rule];
-    why = rule.is_default ? fmt::format("default at {}", policy_->where(rule))
-                          : fmt::format("rule \"{}\" at {}", rule.name, policy_->where(rule));
+    if (rule.is_default)
+      fmt::format_to(out, "default at {}:{})", policy_->files[rule.file], rule.line);
+    else
+      fmt::format_to(out, "rule \"{}\" at {}:{})", rule.name, policy_->files[rule.file], rule.line);
   }
-  opt_.log_lookup(LOG_INFO, fmt::format("lookup {} {}: {} ({})", map_name(r.map), shown, r.payload, why));
+  opt_.log_lookup(LOG_INFO, line_);
 }
 
 void SocketmapServer::on_readable(Conn& c) {

@@ -26,6 +26,7 @@ struct ServerOptions {
   int max_connections = 1024;
   std::chrono::seconds idle_timeout{60};
   bool log_all_lookups = false;
+  bool log_rule_lookups = true;
   // Receives log lines: priority (syslog's LOG_*) and text.
   std::function<void(int, const std::string&)> log;
   // Per-lookup lines (may be buffered), and the flush run after each loop round.
@@ -48,7 +49,7 @@ class SocketmapServer {
     policy_.swap(s);
     return s;
   }
-  void set_options(bool log_all, int max_connections, std::chrono::seconds idle);
+  void set_options(bool log_all, bool log_rules, int max_connections, std::chrono::seconds idle);
   void run();  // until stop()
   void stop() { running_ = false; }
   size_t connections() const { return conns_.size(); }
@@ -72,6 +73,7 @@ class SocketmapServer {
   std::unordered_map<int, std::function<void()>> watched_;
   std::unordered_map<int, bool> listeners_;
   std::chrono::steady_clock::time_point last_cap_warning_{};
+  std::string line_;  // log_lookup's reused buffer
 };
 
 }  // namespace tlspolicy

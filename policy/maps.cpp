@@ -337,57 +337,79 @@ bool iequal_prefix(std::string_view key, std::string_view tag) {
 }
 
 // Sendmail's access map as a socket map: the same policy in Sendmail's
-// words. Enforcing levels become "ENCR:<bits>" (a rule's minimum for
-// inbound clients, else sendmail_min_bits); level none for a host becomes
-// "NO" for Try_TLS; everything else (Connect:, From:, Spam: ...) NOTFOUND.
+// words. Outbound: levels that authenticate the server become
+// "TEMP+VERIFY:<bits>", encrypt "TEMP+ENCR:<bits>" (TEMP+ pins a deferral
+// even where a site defines TLS_PERM_ERR, as Postfix defers), and a rule that
+// decided without enforcing answers "OK", so Sendmail does not go on to a
+// parent domain's stricter entry. Inbound clients: "ENCR:<bits>" (Sendmail
+// answers MAIL with its temporary 454 4.7.0). Try_TLS: "NO" for
+// level none. Everything else (Connect:, From:, Spam: ...) NOTFOUND.
 Answer sendmail_access(const Snapshot& s, std::string_view key, bool explain) {
   Answer a;
-  auto encr = [&](uint32_t rule, int bits) {
+  auto answer = [&](uint32_t rule, std::string value) {
     a.found = true;
     a.rule = rule;
-    a.value = fmt::format("ENCR:{}", bits > 0 ? bits : s.settings.sendmail_min_bits);
+    a.value = std::move(value);
+  };
+  auto bits_of = [&](int bits) { return bits > 0 ? bits : s.settings.sendmail_min_bits; };
+  // An outbound level in Sendmail's words.
+  auto outbound = [&](uint32_t rule, Level l) {
+    if (rank(l) >= rank(Level::verify))
+      answer(rule, fmt::format("TEMP+VERIFY:{}", bits_of(0)));
+    else if (enforces_tls(l))
+      answer(rule, fmt::format("TEMP+ENCR:{}", bits_of(0)));
+    else if (!s.rules[rule].is_default)
+      answer(rule, "OK");
+  };
+  // Sendmail writes IPv6 addresses as "ipv6:0:0:...:1", maybe in brackets.
+  auto host_part = [](std::string_view h) {
+    if (h.starts_with("[") && h.ends_with("]")) h = h.substr(1, h.size() - 2);
+    if (iequal_prefix(h, "ipv6:")) h.remove_prefix(5);
+    return h;
   };
   if (iequal_prefix(key, "TLS_Srv:") || iequal_prefix(key, "Try_TLS:")) {
     bool try_tls = iequal_prefix(key, "Try_TLS:");
-    Answer p = tls_policy(s, key.substr(8), explain);
+    auto host = host_part(key.substr(8));
+    Answer p = tls_policy(s, host.find(':') != std::string_view::npos ? "[" + std::string(host) + "]" : std::string(host),
+                          explain);
     a.trail = std::move(p.trail);
     if (p.rule != kNone) {
       Level l = s.rules[p.rule].policy.level;
-      if (!try_tls && enforces_tls(l)) encr(p.rule, 0);
-      if (try_tls && l == Level::none) {
-        a.found = true;
-        a.rule = p.rule;
-        a.value = "NO";
-      }
+      if (!try_tls) outbound(p.rule, l);
+      if (try_tls && l == Level::none) answer(p.rule, "NO");
     }
   } else if (iequal_prefix(key, "TLS_Rcpt:")) {
     auto rest = key.substr(9);
     uint32_t rule = kNone;
     Level l = Level::may;
-    if (rest.find('@') != std::string_view::npos) {
+    if (rest.find('@') != std::string_view::npos && !rest.ends_with("@")) {
       l = recipient_level(s, rest, &rule);
-    } else {
+    } else if (!rest.empty() && !rest.ends_with("@")) {
       Answer p = tls_policy(s, rest, false);
       rule = p.rule;
       if (rule != kNone) l = s.rules[rule].policy.level;
     }
-    if (rule != kNone && enforces_tls(l)) encr(rule, 0);
+    if (rule != kNone) outbound(rule, l);
   } else if (iequal_prefix(key, "TLS_Clt:")) {
-    auto rest = key.substr(8);
-    if (rest.starts_with("[") && rest.ends_with("]")) rest = rest.substr(1, rest.size() - 2);
-    if (auto ip = parse_ip(rest)) {
+    if (auto ip = parse_ip(host_part(key.substr(8)))) {
       uint32_t rule = kNone;
       s.clients.visit_ip(*ip, [&](const Hit& h) {
         rule = s.entries[h.entry].rule;
         return false;
       });
-      if (rule != kNone && s.rules[rule].require_tls && s.rules[rule].action != Action::monitor)
-        encr(rule, s.rules[rule].min_bits);
+      if (rule != kNone) {
+        const Rule& r = s.rules[rule];
+        if (!r.require_tls || r.action == Action::monitor)
+          answer(rule, "OK");
+        else  // Sendmail refuses with its temporary "454 4.7.0 encryption too weak"
+          answer(rule, fmt::format("ENCR:{}", bits_of(r.min_bits)));
+      }
     }
   }
   if (explain)
-    a.reasoning = a.found ? "Sendmail access map: the policy in Sendmail's words (ENCR:<bits> = TLS required)"
-                          : "no enforcing rule for this key: Sendmail's own defaults apply";
+    a.reasoning = a.found ? "Sendmail access map: the policy in Sendmail's words (ENCR:<bits> = TLS required, "
+                            "VERIFY:<bits> = verified TLS required, OK = no requirement)"
+                          : "no rule for this key: Sendmail's own defaults apply";
   return a;
 }
 

@@ -7,7 +7,9 @@
 // probe per label of the key (a cache miss for the entry, one for the label).
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,18 +39,24 @@ class DomainTrie {
   void visit(std::string_view key, bool sub_only, F&& f) const;
 
   size_t node_count() const { return used_ + 1; }
+  // Makes room for about n more nodes at once (no rehash on the way there).
+  void reserve(size_t n);
 
  private:
+  // All zero bytes = an empty entry, so the table is calloc'ed: pages of a
+  // big table are only touched (and counted in RSS) as entries land in them.
   struct Edge {
-    uint32_t parent = kNone;  // parent node id; kNone marks an empty entry
-    uint32_t child = 0;       // this node's id (the parent key of its children)
-    uint32_t label_off = 0;
-    uint32_t tag_len = 0;     // 24 bits of the hash above 8 bits of label length
-    Slots slots;              // this node's values
+    uint32_t parent;     // parent node id
+    uint32_t child;      // this node's id (never 0, the root's: 0 marks empty)
+    uint32_t label_off;
+    uint32_t tag_len;    // the hash's top 24 bits above 8 bits of label length
+    Slots slots;         // this node's values
   };
   // Comparing tags first spares the label bytes (another cache miss) on
-  // almost every probe that is not the one we are looking for.
+  // almost every probe that is not the one we are looking for. The slot
+  // index comes from the same 24 bits, so growing needs no label reads.
   static uint32_t tag_len(uint32_t h, size_t len) { return (h & 0xffffff00u) | uint32_t(len); }
+  static size_t index(uint32_t h, size_t mask) { return (h >> 8) & mask; }
   static uint32_t hash(uint32_t parent, std::string_view label) {
     uint64_t h = 1469598103934665603ull ^ (uint64_t(parent) * 0x9E3779B97F4A7C15ull);
     for (unsigned char c : label) h = (h ^ c) * 1099511628211ull;
@@ -56,10 +64,10 @@ class DomainTrie {
   }
   // Index of the slot holding (parent, label), or of the empty slot where it would go.
   size_t find_slot(uint32_t parent, std::string_view label, uint32_t h) const {
-    size_t mask = edges_.size() - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
+    size_t mask = cap_ - 1;
+    for (size_t i = index(h, mask);; i = (i + 1) & mask) {
       const Edge& e = edges_[i];
-      if (e.parent == kNone) return i;
+      if (e.child == 0) return i;
       if (e.parent == parent && e.tag_len == tag_len(h, label.size()) &&
           std::memcmp(labels_.data() + e.label_off, label.data(), label.size()) == 0)
         return i;
@@ -68,12 +76,16 @@ class DomainTrie {
   const Edge* find(uint32_t parent, std::string_view label) const {
     if (label.size() > 255) return nullptr;  // keeps the length inside its 8 bits
     const Edge& e = edges_[find_slot(parent, label, hash(parent, label))];
-    return e.parent == kNone ? nullptr : &e;
+    return e.child == 0 ? nullptr : &e;
   }
-  void grow();
+  void rehash(size_t cap);
+  struct Free {
+    void operator()(Edge* p) const { std::free(p); }
+  };
 
   Slots root_;  // node 0, the root (never holds values: no entry is empty)
-  std::vector<Edge> edges_ = std::vector<Edge>(16);
+  size_t cap_ = 16;
+  std::unique_ptr<Edge[], Free> edges_{static_cast<Edge*>(std::calloc(16, sizeof(Edge)))};
   size_t used_ = 0;
   std::string labels_;
 };

@@ -69,6 +69,7 @@ class Matcher {
   }
 
   size_t size() const { return size_; }  // entries indexed
+  void reserve_domains(size_t n) { domains_.reserve(n); }
   size_t trie_nodes() const { return domains_.node_count(); }
 
  private:

@@ -6,6 +6,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -155,6 +156,20 @@ int main(int argc, char** argv) {
   int sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 
   const DaemonSettings& d = first.snapshot->settings.daemon;
+  // Room for max_connections plus the milter's and our own descriptors:
+  // raise the soft limit to the hard one, and say so if it is still short.
+  {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+      getrlimit(RLIMIT_NOFILE, &rl);
+      if (rl.rlim_cur != RLIM_INFINITY && rlim_t(d.max_connections) + 64 > rl.rlim_cur)
+        log_line(LOG_WARNING, fmt::format("open file limit {} is below daemon.max_connections {} plus 64: "
+                                          "raise it (LimitNOFILE= in systemd) or lower max_connections",
+                                          rl.rlim_cur, d.max_connections));
+    }
+  }
   std::vector<std::string> unix_paths;
   PolicyHolder holder;
   holder.store(first.snapshot);

@@ -16,7 +16,11 @@
 namespace tlspolicy {
 
 namespace {
-constexpr size_t kMaxPendingOutput = 1 << 20;
+// Per connection: answers held for a client that does not read (reading
+// stops beyond this), and bytes read per loop round (fairness: one client
+// pipelining thousands of requests takes its turn like everyone else).
+constexpr size_t kMaxPendingOutput = 64 << 10;
+constexpr size_t kReadPerRound = 16 << 10;
 using Clock = std::chrono::steady_clock;
 }  // namespace
 
@@ -69,8 +73,11 @@ void SocketmapServer::accept_all(int listener) {
   for (;;) {
     int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE)
-        opt_.log(LOG_WARNING, fmt::format("accept: {}", std::strerror(errno)));
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the listener stays readable, so stop watching
+        // it (no busy loop) until a connection closes or the next sweep.
+        pause_listeners(fmt::format("accept: {}", std::strerror(errno)));
+      }
       return;  // EAGAIN, or a transient error: epoll tells us when to retry
     }
     if (int(conns_.size()) >= opt_.max_connections) {
@@ -123,9 +130,31 @@ void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply&
   opt_.log_lookup(LOG_INFO, line_);
 }
 
+void SocketmapServer::pause_listeners(const std::string& why) {
+  if (listeners_paused_) return;
+  listeners_paused_ = true;
+  for (auto& [fd, on] : listeners_) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+  auto now = Clock::now();
+  if (now - last_cap_warning_ > std::chrono::seconds(10)) {
+    opt_.log(LOG_WARNING, fmt::format("{}: not accepting for now ({} connections open)", why, conns_.size()));
+    last_cap_warning_ = now;
+  }
+}
+
+void SocketmapServer::resume_listeners() {
+  if (!listeners_paused_) return;
+  listeners_paused_ = false;
+  for (auto& [fd, on] : listeners_) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+}
+
 void SocketmapServer::on_readable(Conn& c) {
-  char buf[16384];
-  for (int rounds = 0; rounds < 4; ++rounds) {
+  char buf[kReadPerRound];
+  for (int rounds = 0; rounds < 1; ++rounds) {
     ssize_t n = ::read(c.fd, buf, sizeof buf);
     if (n == 0) {
       close_conn(c.fd);
@@ -205,6 +234,7 @@ void SocketmapServer::close_conn(int fd) {
   epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(fd);
+  resume_listeners();  // a descriptor is free again
 }
 
 // Closes idle connections and requests that trickle in too slowly.
@@ -217,6 +247,7 @@ void SocketmapServer::sweep() {
     if (idle || slow) doomed.push_back(fd);
   }
   for (int fd : doomed) close_conn(fd);
+  resume_listeners();  // retry accepting at least once a second
 }
 
 void SocketmapServer::run() {

@@ -63,6 +63,8 @@ class SocketmapServer {
   void update_events(Conn& c);
   void close_conn(int fd);
   void sweep();
+  void pause_listeners(const std::string& why);
+  void resume_listeners();
   void log_lookup(std::string_view request, const SocketmapReply& r);
 
   ServerOptions opt_;
@@ -74,6 +76,7 @@ class SocketmapServer {
   std::unordered_map<int, bool> listeners_;
   std::chrono::steady_clock::time_point last_cap_warning_{};
   std::string line_;  // log_lookup's reused buffer
+  bool listeners_paused_ = false;
 };
 
 }  // namespace tlspolicy

@@ -58,6 +58,7 @@ void Reloader::watch_files(const std::vector<std::string>& files, bool replace) 
       dirs.insert(parent);
     }
   }
+  std::string appeared;
   for (auto& dir : dirs) {
     // Same inode: the same watch descriptor comes back; a replaced
     // directory gets a new one.
@@ -65,12 +66,17 @@ void Reloader::watch_files(const std::vector<std::string>& files, bool replace) 
                                IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE |
                                    IN_DELETE_SELF | IN_MOVE_SELF);
     if (wd >= 0) {
+      if (watching_ && !dirs_.count(wd)) appeared = dir;
       dirs_[wd] = dir;
       unwatchable_.erase(dir);
     } else if (unwatchable_.insert(dir).second) {
       log_line(LOG_WARNING, fmt::format("cannot watch {}: {}: reloading when it reappears", dir, std::strerror(errno)));
     }
   }
+  watching_ = true;
+  // Files written into a new directory before this watch existed sent no
+  // event to us: read everything once more.
+  if (!appeared.empty()) request(fmt::format("{} is a new directory", appeared));
 }
 
 void Reloader::on_inotify() {

@@ -41,6 +41,7 @@ class Reloader {
   std::set<std::string> unwatchable_;                    // missing directories, warned about once
   std::thread worker_, reaper_;
   bool running_ = false, pending_ = false;
+  bool watching_ = false;  // the first watch_files() has run
   std::mutex mutex_;
   LoadResult result_;
   double ms_ = 0;

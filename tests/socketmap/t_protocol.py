@@ -113,6 +113,8 @@ outbound = (
 {extra}
 daemon = {{
   socketmap = [ "inet:127.0.0.1:{port}", "unix:{sock}" ];
+  socket_owner = "nobody";
+  socket_mode = "0640";
   idle_timeout = 11;
   max_connections = 300;
 }};
@@ -163,6 +165,10 @@ def run_checks(addr, sock, write_conf, listfile, d):
     check("request without a key is PERM", c.ask("tls-policy").startswith("PERM malformed request"), True)
     c.close()
 
+    st = os.stat(sock)
+    import pwd
+    check("unix socket has the configured mode (socket_mode)", oct(st.st_mode & 0o777), "0o640")
+    check("unix socket has the configured owner (socket_owner)", pwd.getpwuid(st.st_uid).pw_name, "nobody")
     u = Client(sock)
     check("unix socket lookup", u.ask("tls-policy listed.test"), "OK encrypt")
     u.close()

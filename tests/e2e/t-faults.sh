@@ -640,28 +640,4 @@ check "4 the queue holds exactly the $((PER_DOMAIN + 1)) messages that must not 
     test "$got_q" = "$want_q"
 [ "$got_q" = "$want_q" ] || printf '# queue:\n%s\n# want:\n%s\n' "$got_q" "$want_q"
 
-dir=$E2E_DIR
-master=$E2E_PF_MASTER_PID
-pids="$master ${E2E_SINK_PIDS[*]} ${E2E_DAEMON_PIDS[*]-}"
-set +e
-[ "$FAILS" -eq 0 ]          # cleanup dumps the logs when this is false
-e2e_cleanup
-trap - EXIT
-set -e
-left=
-for p in $pids; do
-    if ps -o stat= -p "$p" 2>/dev/null | grep -qv '^Z'; then left+=" $p"; fi
-done
-left+=" $(_e2e_pgrp_alive "$master" | tr '\n' ' ') $(pgrep -f "$dir/" | tr '\n' ' ' || true)"
-check "4 cleanup: no process left${left// /}" test -z "${left// /}"
-if [ "${E2E_KEEP:-0}" != 1 ]; then
-    check "4 cleanup: $dir removed" test ! -e "$dir"
-fi
-
-secs=$(( $(date +%s) - START ))
-SUMMARY_DONE=1
-if [ "$FAILS" -gt 0 ]; then
-    echo "FAIL t-faults: $FAILS check(s) failed (${secs}s, FAULT_SEED=$SEED)"
-    exit 1
-fi
-echo "PASS t-faults (${secs}s, FAULT_SEED=$SEED)"
+e2e_finish 4 t-faults "FAULT_SEED=$SEED"

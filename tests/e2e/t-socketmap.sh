@@ -564,29 +564,4 @@ check "9 the queue holds exactly the 9 recipients that must not go out in plaint
     test "$got_q" = "$want_q"
 [ "$got_q" = "$want_q" ] || printf '# queue:\n%s\n# want:\n%s\n' "$got_q" "$want_q"
 
-# cleanup (the EXIT trap does it too); then nothing may be left.
-dir=$E2E_DIR
-master=$E2E_PF_MASTER_PID
-pids="$master ${E2E_SINK_PIDS[*]} ${E2E_DAEMON_PIDS[*]-}"
-set +e
-[ "$FAILS" -eq 0 ]          # cleanup dumps the logs when this is false
-e2e_cleanup
-trap - EXIT
-set -e
-left=
-for p in $pids; do
-    if ps -o stat= -p "$p" 2>/dev/null | grep -qv '^Z'; then left+=" $p"; fi
-done
-left+=" $(_e2e_pgrp_alive "$master" | tr '\n' ' ') $(pgrep -f "$dir/" | tr '\n' ' ' || true)"
-check "9 cleanup: no process left${left// /}" test -z "${left// /}"
-if [ "${E2E_KEEP:-0}" != 1 ]; then
-    check "9 cleanup: $dir removed" test ! -e "$dir"
-fi
-
-secs=$(( $(date +%s) - START ))
-SUMMARY_DONE=1
-if [ "$FAILS" -gt 0 ]; then
-    echo "FAIL t-socketmap: $FAILS check(s) failed (${secs}s)"
-    exit 1
-fi
-echo "PASS t-socketmap (${secs}s)"
+e2e_finish 9 t-socketmap

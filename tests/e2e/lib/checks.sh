@@ -32,3 +32,34 @@ check() {
 expect_eq() {
     if [ "$2" = "$3" ]; then ok "$1: '$2'"; else fail "$1: got '$2', want '$3'"; fi
 }
+
+# e2e_finish STEP NAME [DETAIL]: cleanup (what the EXIT trap would do), then
+# check that no process of this run is left and its directory is gone, and
+# print the summary line; exits 1 if any check failed. STEP prefixes the
+# cleanup checks' descriptions; DETAIL goes into the summary (e.g. a seed).
+e2e_finish() {
+    local step=$1 name=$2 detail=${3:+, $3}
+    local dir=$E2E_DIR master=$E2E_PF_MASTER_PID
+    local pids="$master ${E2E_SINK_PIDS[*]} ${E2E_DAEMON_PIDS[*]-}"
+    set +e
+    [ "$FAILS" -eq 0 ]          # cleanup dumps the logs when this is false
+    e2e_cleanup
+    trap - EXIT
+    set -e
+    local left= p
+    for p in $pids; do
+        if ps -o stat= -p "$p" 2>/dev/null | grep -qv '^Z'; then left+=" $p"; fi
+    done
+    left+=" $(_e2e_pgrp_alive "$master" | tr '\n' ' ') $(pgrep -f "$dir/" | tr '\n' ' ' || true)"
+    check "$step cleanup: no process left${left// /}" test -z "${left// /}"
+    if [ "${E2E_KEEP:-0}" != 1 ]; then
+        check "$step cleanup: $dir removed" test ! -e "$dir"
+    fi
+    local secs=$(( $(date +%s) - START ))
+    SUMMARY_DONE=1
+    if [ "$FAILS" -gt 0 ]; then
+        echo "FAIL $name: $FAILS check(s) failed (${secs}s$detail)"
+        exit 1
+    fi
+    echo "PASS $name (${secs}s$detail)"
+}

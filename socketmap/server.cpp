@@ -179,7 +179,17 @@ void SocketmapServer::on_readable(Conn& c) {
     if (c.out.size() - c.out_pos > kMaxPendingOutput) break;  // let the client read first
   }
   if (st == NetstringReader::Status::error) {
-    opt_.log(LOG_WARNING, fmt::format("socketmap client: {}: closing connection", c.in.error()));
+    // At most one line per 10 s, however many clients misbehave.
+    ++malformed_;
+    auto now = Clock::now();
+    if (now - last_malformed_log_ >= std::chrono::seconds(10)) {
+      opt_.log(LOG_WARNING, fmt::format("socketmap client: {}: closing connection{}", c.in.error(),
+                                        malformed_ > 1 ? fmt::format(" ({} such connections since the last "
+                                                                     "warning)", malformed_)
+                                                       : std::string()));
+      last_malformed_log_ = now;
+      malformed_ = 0;
+    }
     append_netstring(c.out, "PERM " + c.in.error());
     c.closing = true;
   }

@@ -77,6 +77,8 @@ class SocketmapServer {
   std::chrono::steady_clock::time_point last_cap_warning_{};
   std::string line_;  // log_lookup's reused buffer
   bool listeners_paused_ = false;
+  std::chrono::steady_clock::time_point last_malformed_log_{};
+  unsigned long malformed_ = 0;  // malformed clients not yet mentioned in the log
 };
 
 }  // namespace tlspolicy

@@ -108,16 +108,8 @@ sleep_ms() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
 
 # --------------------------------------------------------- tlspolicyd --
 
-TD_PORT=$(_e2e_free_ports 1)
-while [ "$TD_PORT" = "$PF_PORT" ] || [ "$TD_PORT" = "$SINK_PORT" ]; do
-    TD_PORT=$(_e2e_free_ports 1)
-done
-TD_DIR=$E2E_DIR/tlspolicy             # own dir: the daemon watches it
-TD_CONF=$TD_DIR/tlspolicy.conf
+e2e_tlspolicyd_paths
 TD_LIST=$TD_DIR/enc.list
-TD_LOG=$E2E_DIR/daemon-tlspolicyd.log
-SM=socketmap:inet:127.0.0.1:$TD_PORT
-mkdir -p "$TD_DIR"
 
 # conf_text [LEVEL_OF_MAY_RULE]: the policy (the argument lets check 2 make
 # an invalid one).

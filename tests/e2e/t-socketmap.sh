@@ -222,15 +222,7 @@ still_deferred_after_retry() {
 
 # --------------------------------------------------------- tlspolicyd --
 
-TD_PORT=$(_e2e_free_ports 1)
-while [ "$TD_PORT" = "$PF_PORT" ] || [ "$TD_PORT" = "$SINK_PORT" ]; do
-    TD_PORT=$(_e2e_free_ports 1)
-done
-TD_DIR=$E2E_DIR/tlspolicy             # own dir: the daemon watches it
-TD_CONF=$TD_DIR/tlspolicy.conf
-TD_LOG=$E2E_DIR/daemon-tlspolicyd.log
-SM=socketmap:inet:127.0.0.1:$TD_PORT
-mkdir -p "$TD_DIR"
+e2e_tlspolicyd_paths
 
 # conf_text FLIP_LEVEL: the policy; flip.test gets FLIP_LEVEL.
 conf_text() {

@@ -198,23 +198,7 @@ wait_for() {
 
 # free_ports N: N distinct free loopback TCP ports below the ephemeral range.
 free_ports() {
-    "$PY" - "$1" <<'EOF'
-import random, socket, sys
-want, got = int(sys.argv[1]), []
-while len(got) < want:
-    p = random.randint(20000, 32000)
-    if p in got:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", p))
-        got.append(p)
-    except OSError:
-        pass
-    finally:
-        s.close()
-print(" ".join(map(str, got)))
-EOF
+    "$PY" "$HERE/../e2e/lib/free_ports.py" "$1"
 }
 
 # ---------------------------------------------------------------- extract

@@ -56,6 +56,7 @@
 #   pf_start pf_stop pf_reload pf_send pf_flush pf_queue_json pf_queue_count
 #   pf_queue_reason pf_queue_wait_empty pf_log pf_postconf pf_postmap
 #   wait_for e2e_fail e2e_daemon_start e2e_daemon_stop e2e_daemon_pid
+#   e2e_tlspolicyd_paths
 #
 # Other long-running helpers (e.g. tlspolicyd -f) should be started with
 # e2e_daemon_start so e2e_cleanup stops them and a later run reaps them if
@@ -86,23 +87,23 @@ _e2e_log() {
 # (binding 0.0.0.0 fails if any address already uses the port). Chosen below
 # the kernel's ephemeral range so outgoing connections won't take them.
 _e2e_free_ports() {
-    "$E2E_PYTHON" - "$1" <<'EOF'
-import random, socket, sys
-want, got = int(sys.argv[1]), []
-while len(got) < want:
-    p = random.randint(20000, 32000)
-    if p in got:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", p))
-        got.append(p)
-    except OSError:
-        pass
-    finally:
-        s.close()
-print(" ".join(map(str, got)))
-EOF
+    "$E2E_PYTHON" "$E2E_LIB/free_ports.py" "$1"
+}
+
+# e2e_tlspolicyd_paths: after pf_start, picks a free port for tlspolicyd's
+# socketmap (not Postfix's nor the sinks') and sets TD_PORT, TD_DIR (its own
+# directory, since the daemon watches it), TD_CONF, TD_LOG and SM (the
+# socketmap: prefix for main.cf and postmap).
+e2e_tlspolicyd_paths() {
+    TD_PORT=$(_e2e_free_ports 1)
+    while [ "$TD_PORT" = "$PF_PORT" ] || [ "$TD_PORT" = "$SINK_PORT" ]; do
+        TD_PORT=$(_e2e_free_ports 1)
+    done
+    TD_DIR=$E2E_DIR/tlspolicy
+    TD_CONF=$TD_DIR/tlspolicy.conf
+    TD_LOG=$E2E_DIR/daemon-tlspolicyd.log
+    SM=socketmap:inet:127.0.0.1:$TD_PORT
+    mkdir -p "$TD_DIR"
 }
 
 # e2e_init: create E2E_DIR, the TLS cert, pick PF_PORT and SINK_PORT, write

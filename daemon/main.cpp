@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // threads started later inherit this
   int sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 
-  const DaemonSettings& d = first.snapshot->settings.daemon;
+  const DaemonSettings d = first.snapshot->settings.daemon;  // a copy: the snapshot goes at the next reload
   // Room for max_connections plus the milter's and our own descriptors:
   // raise the soft limit to the hard one, and say so if it is still short.
   {
@@ -188,6 +188,15 @@ int main(int argc, char** argv) {
     if (!milter_open(d.milter, d, holder, log_line, &err)) fatal(fmt::format("milter {}: {}", d.milter, err));
   }
   drop_privileges(d);
+  // Every later reload runs as this user: a file it cannot read now would
+  // make each of them fail, so say so before serving anything.
+  for (auto& f : first.files) {
+    int fd = ::open(f.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && errno != ENOENT)
+      fatal(fmt::format("{}: {}{}: every reload would fail; make it readable by that user", f, std::strerror(errno),
+                        d.user.empty() ? "" : fmt::format(" as daemon.user \"{}\"", d.user)));
+    if (fd >= 0) ::close(fd);
+  }
   server.set_policy(first.snapshot);
   std::thread milter_thread;
   std::atomic<bool> milter_done{false};
@@ -213,17 +222,20 @@ int main(int argc, char** argv) {
                        std::chrono::seconds(nd.idle_timeout));
     auto old = server.set_policy(r.snapshot);
     holder.store(r.snapshot);
+    reloader.set_current(r.snapshot);
     reloader.retire(std::move(old));
     log_line(LOG_INFO, fmt::format("reloaded {}: {}; {:.1f} ms", config, r.snapshot->summary(), ms));
   });
+  reloader.set_current(first.snapshot);
   reloader.watch_files(first.files);
   server.watch(reloader.done_fd(), [&] { reloader.on_done(); });
   if (reloader.inotify_fd() >= 0) server.watch(reloader.inotify_fd(), [&] { reloader.on_inotify(); });
+  if (reloader.timer_fd() >= 0) server.watch(reloader.timer_fd(), [&] { reloader.on_timer(); });
   server.watch(sigfd, [&] {
     signalfd_siginfo si;
     while (::read(sigfd, &si, sizeof si) == sizeof si) {
       if (si.ssi_signo == SIGHUP)
-        reloader.request("SIGHUP");
+        reloader.request("SIGHUP (forced: the shrink guard does not apply)", true);
       else
         server.stop();
     }
@@ -233,6 +245,9 @@ int main(int argc, char** argv) {
   for (auto& ep : d.socketmap) where += (where.empty() ? "" : ", ") + ep;
   if (!d.milter.empty()) where += "; milter on " + d.milter;
   log_line(LOG_INFO, fmt::format("started: {}; {:.1f} ms; socketmap on {}", first.snapshot->summary(), load_ms, where));
+  // The server, the milter's holder and the reloader hold the start's
+  // snapshot now; this reference would keep it alive after every reload.
+  first.snapshot.reset();
   ready();
   try {
     server.run();

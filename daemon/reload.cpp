@@ -2,16 +2,19 @@
 #include "daemon/reload.hpp"
 
 #include <fmt/format.h>
+#include <malloc.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
-#include <map>
 
 #include "daemon/log.hpp"
 
@@ -23,32 +26,87 @@ std::pair<std::string, std::string> split_path(const std::string& p) {
   if (slash == std::string::npos) return {".", p};
   return {slash == 0 ? "/" : p.substr(0, slash), p.substr(slash + 1)};
 }
+
+// The worker's load, with the shrink guard applied unless forced. Never
+// throws: anything thrown while loading (bad_alloc, a library's exception)
+// becomes a load error, and the daemon keeps serving the old policy.
+LoadResult guarded_load(const std::string& config, const std::shared_ptr<const Snapshot>& current, bool forced) {
+  LoadResult r;
+  try {
+    r = load_policy(config);
+    if (!r.snapshot || !current || forced) return r;
+    int guard = r.snapshot->settings.daemon.reload_guard;
+    size_t before = current->enforcing_entries(), after = r.snapshot->enforcing_entries();
+    if (guard >= 100 || after >= before || (before - after) * 100 <= before * size_t(guard)) return r;
+    Shrink s = enforcing_shrink(*current, *r.snapshot, 10);
+    std::string gone;
+    for (auto& e : s.examples) gone += (gone.empty() ? "" : ", ") + e;
+    if (s.gone > s.examples.size()) gone += fmt::format(" and {} more", s.gone - s.examples.size());
+    r.errors.push_back(
+        {config, 0,
+         fmt::format("this change would remove {} of the {} entries that enforce TLS ({} left; more than "
+                     "daemon.reload_guard = {}%): refused, as a truncated or half-written file would look. "
+                     "If it is intended, reload with SIGHUP (systemctl reload tlspolicyd), which loads it anyway. "
+                     "It would remove: {}",
+                     before - after, before, after, guard, gone.empty() ? "(entries of the same text remain)" : gone)});
+    r.snapshot.reset();
+  } catch (const std::exception& e) {
+    r = LoadResult{};
+    r.errors.push_back({config, 0, fmt::format("loading failed: {}", e.what())});
+  } catch (...) {
+    r = LoadResult{};
+    r.errors.push_back({config, 0, "loading failed: unknown exception"});
+  }
+  return r;
+}
 }  // namespace
 
 Reloader::Reloader(std::string config, std::function<void(LoadResult, double)> on_done)
     : config_(std::move(config)), on_done_(std::move(on_done)) {
   inotify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   done_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (inotify_fd_ < 0) log_line(LOG_WARNING, fmt::format("inotify: {}: reload on SIGHUP only", std::strerror(errno)));
+  // One tick every 250 ms drives both the settle delay and the recheck.
+  itimerspec ts{};
+  ts.it_interval.tv_nsec = ts.it_value.tv_nsec = 250'000'000;
+  if (timer_fd_ >= 0) timerfd_settime(timer_fd_, 0, &ts, nullptr);
+  next_recheck_ = Clock::now() + kRecheck;
 }
 
 Reloader::~Reloader() {
   if (worker_.joinable()) worker_.join();
   if (reaper_.joinable()) reaper_.join();
   if (inotify_fd_ >= 0) ::close(inotify_fd_);
+  if (timer_fd_ >= 0) ::close(timer_fd_);
   ::close(done_fd_);
 }
 
-// Watches the directory of every file (editors replace files by rename) and
-// each directory's parent for the directory's own name, so that a directory
-// deleted and recreated, or swapped in by rename (a common deploy step), is
-// noticed too. Called after every reload, so watches follow the directories
-// that exist now.
+Reloader::Stamp Reloader::stamp(const std::string& path) {
+  Stamp s;
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0) s.link_ino = st.st_ino;
+  if (::stat(path.c_str(), &st) != 0) return s;
+  s.exists = true;
+  s.dev = st.st_dev;
+  s.ino = st.st_ino;
+  s.size = st.st_size;
+  s.mtime_ns = st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec;
+  s.ctime_ns = st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec;
+  return s;
+}
+
+// Watches the directory of every file (editors replace files by rename),
+// the directory of a symlink's target (an edit there changes the file
+// without touching the link), and each directory's parent for the
+// directory's own name, so that a directory deleted and recreated, or
+// swapped in by rename or symlink (common deploy steps), is noticed too.
+// Called after every reload, so watches follow what exists now.
 void Reloader::watch_files(const std::vector<std::string>& files, bool replace) {
   if (inotify_fd_ < 0) return;
   if (replace) names_.clear();
   std::set<std::string> dirs;
-  for (auto& f : files) {
+  auto add = [&](const std::string& f) {
     auto [dir, name] = split_path(f);
     names_.insert({dir, name});
     dirs.insert(dir);
@@ -57,6 +115,12 @@ void Reloader::watch_files(const std::vector<std::string>& files, bool replace) 
       names_.insert({parent, base});
       dirs.insert(parent);
     }
+  };
+  for (auto& f : files) {
+    if (!stamps_.count(f)) stamps_[f] = stamp(f);  // the start's load; the worker's own otherwise
+    add(f);
+    char real[PATH_MAX];
+    if (::realpath(f.c_str(), real) && f != real) add(real);
   }
   std::string appeared;
   for (auto& dir : dirs) {
@@ -64,7 +128,7 @@ void Reloader::watch_files(const std::vector<std::string>& files, bool replace) 
     // directory gets a new one.
     int wd = inotify_add_watch(inotify_fd_, dir.c_str(),
                                IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE |
-                                   IN_DELETE_SELF | IN_MOVE_SELF);
+                                   IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF);
     if (wd >= 0) {
       if (watching_ && !dirs_.count(wd)) appeared = dir;
       dirs_[wd] = dir;
@@ -76,12 +140,12 @@ void Reloader::watch_files(const std::vector<std::string>& files, bool replace) 
   watching_ = true;
   // Files written into a new directory before this watch existed sent no
   // event to us: read everything once more.
-  if (!appeared.empty()) request(fmt::format("{} is a new directory", appeared));
+  if (!appeared.empty()) changed(fmt::format("{} is a new directory", appeared));
 }
 
 void Reloader::on_inotify() {
   alignas(inotify_event) char buf[8192];
-  std::string changed;
+  std::string changed_path;
   for (;;) {
     ssize_t n = ::read(inotify_fd_, buf, sizeof buf);
     if (n <= 0) break;
@@ -94,38 +158,91 @@ void Reloader::on_inotify() {
         // The watched directory itself went away or moved: drop this watch
         // (a moved directory would keep reporting under its old name) and
         // reload, which watches whatever is at that path now.
-        changed = dir->second;
+        changed_path = dir->second;
         inotify_rm_watch(inotify_fd_, ev->wd);
         dirs_.erase(dir);
         continue;
       }
-      if (ev->len == 0) continue;
-      // A new file is empty at IN_CREATE (its IN_CLOSE_WRITE follows); a new
-      // directory is complete and may be one we watch files in.
-      if ((ev->mask & IN_CREATE) && !(ev->mask & IN_ISDIR)) continue;
-      if (names_.count({dir->second, ev->name})) changed = dir->second + "/" + ev->name;
+      if (ev->len == 0 || !names_.count({dir->second, ev->name})) continue;
+      std::string path = dir->second + "/" + ev->name;
+      if ((ev->mask & IN_CREATE) && !(ev->mask & IN_ISDIR)) {
+        // A new regular file is empty at IN_CREATE (its IN_CLOSE_WRITE
+        // follows); a symlink or a hard link is complete the moment it exists.
+        struct stat st{};
+        if (::lstat(path.c_str(), &st) != 0 || (S_ISREG(st.st_mode) && st.st_nlink < 2)) continue;
+      }
+      if ((ev->mask & IN_ATTRIB) && !(ev->mask & IN_ISDIR)) {
+        // chmod/chown, and a hard link made or removed elsewhere: only a
+        // change of what the last load saw counts.
+        auto it = stamps_.find(path);
+        if (it != stamps_.end() && it->second == stamp(path)) continue;
+      }
+      changed_path = path;
     }
   }
-  if (!changed.empty()) request(fmt::format("{} changed", changed));
+  if (!changed_path.empty()) changed(fmt::format("{} changed", changed_path));
 }
 
-void Reloader::request(const std::string& why) {
+void Reloader::changed(const std::string& why) {
+  auto now = Clock::now();
+  if (!settling_) {
+    settling_ = true;
+    settle_first_ = now;
+    settle_why_ = why;
+  }
+  settle_last_ = now;
+}
+
+void Reloader::on_timer() {
+  uint64_t ticks;
+  if (::read(timer_fd_, &ticks, sizeof ticks) != sizeof ticks) return;
+  auto now = Clock::now();
+  if (now >= next_recheck_) {
+    next_recheck_ = now + kRecheck;
+    if (!running_ && !settling_) recheck();
+  }
+  if (settling_ && (now - settle_last_ >= kSettle || now - settle_first_ >= kMaxSettle)) {
+    settling_ = false;
+    request(settle_why_);
+  }
+}
+
+// The backstop for every edit path inotify does not report (a symlink
+// target in a directory swapped under us, a bind mount, NFS).
+void Reloader::recheck() {
+  for (auto& [path, was] : stamps_)
+    if (stamp(path) != was) {
+      changed(fmt::format("{} changed (seen by the periodic check)", path));
+      return;
+    }
+}
+
+void Reloader::request(const std::string& why, bool forced) {
   log_line(LOG_INFO, fmt::format("reloading: {}", why));
   if (running_) {
     pending_ = true;
+    pending_forced_ |= forced;
     return;
   }
   running_ = true;
   if (worker_.joinable()) worker_.join();
-  worker_ = std::thread([this] {
+  std::shared_ptr<const Snapshot> current;
+  {
+    std::lock_guard lock(mutex_);
+    current = current_;
+  }
+  worker_ = std::thread([this, forced, current = std::move(current)] {
     // Lower priority than the event loop: lookups go first, the build waits.
     setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 10);
-    auto t0 = std::chrono::steady_clock::now();
-    LoadResult r = load_policy(config_);
-    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    auto t0 = Clock::now();
+    LoadResult r = guarded_load(config_, current, forced);
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    std::map<std::string, Stamp> stamps;
+    for (auto& f : r.files) stamps[f] = stamp(f);
     {
       std::lock_guard lock(mutex_);
       result_ = std::move(r);
+      result_stamps_ = std::move(stamps);
       ms_ = ms;
     }
     uint64_t one = 1;
@@ -133,11 +250,19 @@ void Reloader::request(const std::string& why) {
   });
 }
 
+void Reloader::set_current(std::shared_ptr<const Snapshot> s) {
+  std::lock_guard lock(mutex_);
+  current_ = std::move(s);
+}
+
 void Reloader::retire(std::shared_ptr<const Snapshot> old) {
   if (reaper_.joinable()) reaper_.join();
   reaper_ = std::thread([old = std::move(old)]() mutable {
     setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 10);
     old.reset();
+    // Hand the freed pages back: a 1M-rule start reloaded down to a few
+    // rules would otherwise keep its resident size.
+    malloc_trim(0);
   });
 }
 
@@ -151,13 +276,17 @@ void Reloader::on_done() {
     std::lock_guard lock(mutex_);
     r = std::move(result_);
     ms = ms_;
+    // A failed load keeps the files it did read in view too.
+    if (r.snapshot) stamps_.clear();
+    for (auto& [f, s] : result_stamps_) stamps_[f] = s;
   }
   running_ = false;
   watch_files(r.files, r.snapshot != nullptr);  // a failed load keeps watching the old files too
   on_done_(std::move(r), ms);
   if (pending_) {
-    pending_ = false;
-    request("another change arrived during the reload");
+    bool forced = pending_forced_;
+    pending_ = pending_forced_ = false;
+    request("another change arrived during the reload", forced);
   }
 }
 

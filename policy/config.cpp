@@ -12,6 +12,10 @@
 #include <libconfig.h++>
 #include <sstream>
 #include <span>
+#include <thread>
+#include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace tlspolicy {
 
@@ -41,7 +45,7 @@ constexpr Key kTopKeys[] = {
     {"default", Type::string},   {"subdomains", Type::boolean}, {"recipient_delimiter", Type::string},
     {"transport", Type::string}, {"route", Type::string},       {"outbound", Type::list},
     {"inbound", Type::list},     {"daemon", Type::group},       {"milter", Type::group},
-    {"sendmail_min_bits", Type::integer},
+    {"sendmail_min_bits", Type::integer}, {"allow_empty", Type::boolean},
 };
 constexpr Key kOutboundKeys[] = {
     {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
@@ -60,6 +64,7 @@ constexpr Key kDaemonKeys[] = {
     {"group", Type::string},          {"socket_owner", Type::string}, {"socket_group", Type::string},
     {"socket_mode", Type::string},    {"idle_timeout", Type::integer}, {"max_connections", Type::integer},
     {"log_all_lookups", Type::boolean}, {"log_rule_lookups", Type::boolean},
+    {"reload_guard", Type::integer},
 };
 constexpr Key kMilterKeys[] = {
     {"header", Type::string},          {"header_require", Type::string},
@@ -127,10 +132,15 @@ class Loader {
   void warn(const Setting& s, std::string msg) {
     result_.warnings.push_back({file_of(s), int(s.getSourceLine()), std::move(msg)});
   }
-  std::string file_of(const Setting& s) const {
-    const char* f = s.getSourceFile();
-    return f ? f : path_;
+  std::string file_of(const Setting& s) const { return source_name(s.getSourceFile()); }
+  // libconfig names files as opened, relative to the config's directory (see
+  // parse()): give them back the path the admin knows.
+  std::string source_name(const char* f) const {
+    if (!f) return path_;
+    if (f[0] == '/' || dir_ == ".") return f;
+    return dir_ + "/" + f;
   }
+  void parse(libconfig::Config& cfg);
   uint32_t file_index(const std::string& f) {
     for (size_t i = 0; i < snap_->files.size(); ++i)
       if (snap_->files[i] == f) return uint32_t(i);
@@ -154,7 +164,7 @@ class Loader {
   // Registers the file of every setting, so @include files that only hold
   // settings are watched for changes too.
   void collect_sources(const Setting& s) {
-    if (s.getSourceFile()) file_index(s.getSourceFile());
+    if (s.getSourceFile()) file_index(file_of(s));
     if (s.isAggregate())
       for (int i = 0; i < s.getLength(); ++i) collect_sources(s[i]);
   }
@@ -164,6 +174,7 @@ class Loader {
   }
 
   static constexpr size_t kMaxErrors = 100;
+  static constexpr off_t kMaxListBytes = off_t(1) << 30;  // 25M entries of 40 bytes
   std::string path_, dir_;
   std::shared_ptr<Snapshot> snap_ = std::make_shared<Snapshot>();
   LoadResult result_;
@@ -241,6 +252,18 @@ void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, D
   bool here = path_.find('/') == std::string::npos;
   std::string path = name.starts_with("/") || here ? name : dir_ + "/" + name;
   uint32_t file = file_index(path);  // watched for changes even while missing
+  // A FIFO or device would block the loader for good, and a sparse file of
+  // terabytes would have it reserve memory for it: neither is a list.
+  struct stat st{};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    error(at, fmt::format("list file \"{}\" is not a regular file", path));
+    return;
+  }
+  if (st.st_size > kMaxListBytes) {
+    error(at, fmt::format("list file \"{}\" is larger than {} MiB: is it really a list?", path,
+                          kMaxListBytes >> 20));
+    return;
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     error(at, fmt::format("cannot open list file \"{}\": {}", path, std::strerror(errno)));
@@ -520,6 +543,13 @@ void Loader::read_daemon(const Setting& g) {
   }
   if (g.exists("log_all_lookups")) d.log_all_lookups = g["log_all_lookups"];
   if (g.exists("log_rule_lookups")) d.log_rule_lookups = g["log_rule_lookups"];
+  if (g.exists("reload_guard")) {
+    d.reload_guard = int(as_int(g["reload_guard"]));
+    if (d.reload_guard < 0 || d.reload_guard > 100)
+      error(g["reload_guard"], fmt::format("reload_guard = {} must be 0..100 (percent of the enforcing entries "
+                                           "a reload on a file change may remove; 100 = no guard)",
+                                           d.reload_guard));
+  }
 }
 
 void Loader::read_milter(const Setting& g) {
@@ -600,24 +630,58 @@ void Loader::read_settings(const Setting& root) {
       snap_->default_rule = add_rule(std::move(d));
     }
   }
+  if (root.exists("allow_empty")) s.allow_empty = root["allow_empty"];
   if (root.exists("daemon")) read_daemon(root["daemon"]);
   if (root.exists("milter")) read_milter(root["milter"]);
 }
 
+// libconfig 1.5 (Debian 12) joins its include directory and every @include
+// path, so an absolute "/etc/x.conf" became "DIR//etc/x.conf"; without an
+// include directory it opens paths relative to the working directory. So the
+// file is parsed on a thread of its own whose working directory is the
+// config's (unshare(CLONE_FS) gives one thread its own cwd, leaving the
+// process's alone): relative includes resolve against the config's directory
+// as before, absolute ones are used as written.
+void Loader::parse(libconfig::Config& cfg) {
+  std::exception_ptr failed;
+  auto base = path_.substr(path_.rfind('/') + 1);
+  std::thread t([&] {
+    try {
+      if (unshare(CLONE_FS) != 0 || chdir(dir_.c_str()) != 0) {
+        // Cannot happen on Linux short of a seccomp filter: fall back to
+        // libconfig's include directory (absolute includes then fail).
+        cfg.setIncludeDir(dir_.c_str());
+        cfg.readFile(path_.c_str());
+        return;
+      }
+      cfg.readFile(base.c_str());
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  });
+  t.join();
+  if (failed) std::rethrow_exception(failed);
+}
+
 LoadResult Loader::run() {
   libconfig::Config cfg;
-  cfg.setIncludeDir(dir_.c_str());
   {
-    std::ifstream probe(path_);
+    struct stat st{};
+    std::ifstream probe;
+    if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      error(path_, 0, "the configuration is not a regular file");
+      return std::move(result_);
+    }
+    probe.open(path_);
     if (!probe) {
       error(path_, 0, fmt::format("cannot open configuration: {}", std::strerror(errno)));
       return std::move(result_);
     }
   }
   try {
-    cfg.readFile(path_.c_str());
+    parse(cfg);
   } catch (const libconfig::ParseException& e) {
-    error(e.getFile() ? e.getFile() : path_, e.getLine(), fmt::format("syntax error: {}", e.getError()));
+    error(source_name(e.getFile()), e.getLine(), fmt::format("syntax error: {}", e.getError()));
     return std::move(result_);
   } catch (const libconfig::FileIOException&) {
     error(path_, 0, "cannot read configuration (or a file it @includes)");
@@ -635,6 +699,11 @@ LoadResult Loader::run() {
   }
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
   collect_sources(root);
+  // An empty or truncated file (": > tlspolicy.conf", an editor that
+  // truncates first) must not silently drop every rule.
+  if (snap_->rules.empty() && !snap_->settings.allow_empty && result_.errors.empty())
+    error(path_, 0, "no rules and no default: an empty or truncated configuration? Add rules, or set "
+                    "allow_empty = true; if answering NOTFOUND to everything is what you want");
   result_.files = snap_->files;
   if (result_.errors.empty()) result_.snapshot = std::move(snap_);
   return std::move(result_);

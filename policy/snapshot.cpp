@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "policy/names.hpp"
 
@@ -47,6 +48,33 @@ std::string Snapshot::summary() const {
                      clients.size(),
                      default_rule == kNone ? std::string("unset (Postfix's smtp_tls_security_level applies)")
                                            : rules[default_rule].policy.value());
+}
+
+bool Snapshot::entry_enforces(uint32_t e) const {
+  const Rule& r = rules[entries[e].rule];
+  return r.direction == Direction::outbound ? enforces_tls(r.policy.level)
+                                            : r.require_tls && r.action != Action::monitor;
+}
+
+size_t Snapshot::enforcing_entries() const {
+  size_t n = 0;
+  for (uint32_t e = 0; e < entries.size(); ++e) n += entry_enforces(e);
+  return n;
+}
+
+Shrink enforcing_shrink(const Snapshot& before, const Snapshot& after, size_t limit) {
+  Shrink s;
+  std::unordered_set<std::string_view> kept;
+  for (uint32_t e = 0; e < after.entries.size(); ++e)
+    if (after.entry_enforces(e)) kept.insert(after.text(e));
+  s.after = after.enforcing_entries();
+  for (uint32_t e = 0; e < before.entries.size(); ++e) {
+    if (!before.entry_enforces(e)) continue;
+    ++s.before;
+    if (kept.count(before.text(e))) continue;
+    if (s.gone++ < limit) s.examples.push_back(fmt::format("{} ({})", before.text(e), before.where_entry(e)));
+  }
+  return s;
 }
 
 }  // namespace tlspolicy

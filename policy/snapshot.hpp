@@ -58,6 +58,9 @@ struct DaemonSettings {
   int max_connections = 1024;
   bool log_all_lookups = false;
   bool log_rule_lookups = true;  // one line per lookup a rule (not the default) decided
+  // A reload started by a file change that would remove more than this
+  // percentage of the enforcing entries is refused (SIGHUP forces it); 100 = off.
+  int reload_guard = 50;
 };
 
 struct MilterSettings {
@@ -79,6 +82,7 @@ struct Settings {
   std::string transport = "smtp-tls-encrypt:";
   Route route = Route::stricter;
   int sendmail_min_bits = 112;  // the bits in Sendmail's "ENCR:<bits>" answers
+  bool allow_empty = false;     // a config without any rule is an error unless this says so
   DaemonSettings daemon;
   MilterSettings milter;
 };
@@ -102,6 +106,19 @@ struct Snapshot {
   size_t rule_count(Direction d) const;
   // "4 outbound rules (5 destination entries, ...), 2 inbound rules (...), default may"
   std::string summary() const;
+  // Does this entry demand TLS (an outbound rule whose level enforces it, an
+  // inbound rule that requires it and is not in monitor mode)?
+  bool entry_enforces(uint32_t entry) const;
+  size_t enforcing_entries() const;
 };
+
+// What a reload would take away: enforcing entries of `before` whose text no
+// enforcing entry of `after` has, with up to `limit` of them named ("text
+// (file:line)"). For the reload guard's log line.
+struct Shrink {
+  size_t before = 0, after = 0, gone = 0;
+  std::vector<std::string> examples;
+};
+Shrink enforcing_shrink(const Snapshot& before, const Snapshot& after, size_t limit);
 
 }  // namespace tlspolicy

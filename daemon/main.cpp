@@ -48,6 +48,7 @@ constexpr const char* kUsage =
 int g_ready_fd = -1;  // write end of the pipe the parent waits on (background mode)
 
 [[noreturn]] void fatal(const std::string& msg) {
+  log_stop();  // what is queued first, then this line, at once
   log_line(LOG_ERR, msg);
   if (g_ready_fd >= 0) (void)!::write(g_ready_fd, msg.data(), msg.size());
   _exit(1);
@@ -153,6 +154,7 @@ int main(int argc, char** argv) {
   sigemptyset(&sigs);
   for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&sigs, s);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // threads started later inherit this
+  log_start();
   int sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 
   const DaemonSettings d = first.snapshot->settings.daemon;  // a copy: the snapshot goes at the next reload
@@ -262,10 +264,12 @@ int main(int argc, char** argv) {
     for (int i = 0; i < 20 && !milter_done; ++i) usleep(50000);
     if (!milter_done) {
       log_line(LOG_INFO, "stopped");
+      log_stop();
       _exit(0);
     }
     milter_thread.join();
   }
   log_line(LOG_INFO, "stopped");
+  log_stop();
   return 0;
 }

@@ -41,9 +41,10 @@ extern "C" int sigwait(const sigset_t*, int*) {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: tlspolicyd [-c FILE] [-f]\n"
-    "  -c FILE  configuration (default /etc/tlspolicy/tlspolicy.conf)\n"
-    "  -f       stay in the foreground and log to stderr\n";
+    "usage: tlspolicyd [-c FILE] [-f] [-p PIDFILE]\n"
+    "  -c FILE     configuration (default /etc/tlspolicy/tlspolicy.conf)\n"
+    "  -f          stay in the foreground and log to stderr\n"
+    "  -p PIDFILE  write the daemon's process ID there (stop it with kill $(cat PIDFILE))\n";
 
 int g_ready_fd = -1;  // write end of the pipe the parent waits on (background mode)
 
@@ -120,12 +121,15 @@ std::string absolute(const std::string& path) {
 int main(int argc, char** argv) {
   std::string config = kDefaultConfig;
   bool foreground = false;
+  std::string pidfile;  // so that a script stops this daemon, not every tlspolicyd on the host
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-c" && i + 1 < argc) {
       config = argv[++i];
     } else if (a == "-f") {
       foreground = true;
+    } else if (a == "-p" && i + 1 < argc) {
+      pidfile = argv[++i];
     } else if (a == "-h" || a == "--help") {
       fmt::print("{}", kUsage);
       return 0;
@@ -135,6 +139,7 @@ int main(int argc, char** argv) {
     }
   }
   config = absolute(config);
+  if (!pidfile.empty()) pidfile = absolute(pidfile);
   log_init(true);
   auto t0 = std::chrono::steady_clock::now();
   LoadResult first = load_policy(config);
@@ -148,6 +153,12 @@ int main(int argc, char** argv) {
   if (!foreground) {
     daemonize();
     log_init(false);
+  }
+  if (!pidfile.empty()) {
+    FILE* f = fopen(pidfile.c_str(), "w");
+    if (!f) fatal(fmt::format("pid file {}: {}", pidfile, std::strerror(errno)));
+    fmt::print(f, "{}\n", getpid());
+    fclose(f);
   }
   signal(SIGPIPE, SIG_IGN);
   sigset_t sigs;
@@ -257,6 +268,7 @@ int main(int argc, char** argv) {
     fatal(e.what());
   }
   for (auto& p : unix_paths) ::unlink(p.c_str());
+  if (!pidfile.empty()) ::unlink(pidfile.c_str());  // fails quietly once privileges are dropped
   if (milter_thread.joinable()) {
     // libmilter notices smfi_stop() only at its next poll timeout (seconds);
     // give running sessions a moment, then leave without waiting for it.

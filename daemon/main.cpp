@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -184,17 +185,35 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<std::string> unix_paths;
+  // Socket activation (tlspolicyd.socket): systemd passes the socketmap
+  // listeners, already bound; daemon.socketmap is then not bound here. The
+  // milter always binds its own (libmilter opens its socket from a string).
+  int activated = sd_listen_fds(1);
+  if (activated < 0) fatal(fmt::format("sd_listen_fds: {}", std::strerror(-activated)));
   PolicyHolder holder;
   holder.store(first.snapshot);
   SocketmapServer server(
       {d.max_connections, std::chrono::seconds(d.idle_timeout), d.log_all_lookups, d.log_rule_lookups, log_line,
        log_deferred, log_flush});
-  for (auto& ep : d.socketmap) {
-    std::string err;
-    int fd = open_listener(ep, d, &err);
-    if (fd < 0) fatal(fmt::format("socketmap {}: {}", ep, err));
+  std::string where;
+  for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + activated; ++fd) {
+    if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+      fatal(fmt::format("descriptor {} from systemd is not a listening stream socket (ListenStream= only)", fd));
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
     server.add_listener(fd);
-    if (ep.starts_with("unix:")) unix_paths.push_back(ep.substr(5));
+  }
+  if (activated > 0) {
+    where = fmt::format("{} socket(s) from systemd", activated);
+  } else {
+    for (auto& ep : d.socketmap) {
+      std::string err;
+      int fd = open_listener(ep, d, &err);
+      if (fd < 0) fatal(fmt::format("socketmap {}: {}", ep, err));
+      server.add_listener(fd);
+      if (ep.starts_with("unix:")) unix_paths.push_back(ep.substr(5));
+      where += (where.empty() ? "" : ", ") + ep;
+    }
   }
   if (!d.milter.empty()) {
     std::string err;
@@ -224,6 +243,8 @@ int main(int argc, char** argv) {
     if (!r.snapshot) {
       for (auto& e : r.errors) log_line(LOG_ERR, e.located());
       log_line(LOG_ERR, fmt::format("reload failed with {} error(s): still serving the previous policy", r.errors.size()));
+      sd_notifyf(0, "READY=1\nSTATUS=reload failed with %zu error(s): still serving the previous policy",
+                 r.errors.size());
       return;
     }
     const auto& nd = r.snapshot->settings.daemon;
@@ -238,6 +259,7 @@ int main(int argc, char** argv) {
     reloader.set_current(r.snapshot);
     reloader.retire(std::move(old));
     log_line(LOG_INFO, fmt::format("reloaded {}: {}; {:.1f} ms", config, r.snapshot->summary(), ms));
+    sd_notifyf(0, "READY=1\nSTATUS=serving: %s", r.snapshot->summary().c_str());
   });
   reloader.set_current(first.snapshot);
   reloader.watch_files(first.files);
@@ -249,17 +271,18 @@ int main(int argc, char** argv) {
     while (::read(sigfd, &si, sizeof si) == sizeof si) {
       if (si.ssi_signo == SIGHUP)
         reloader.request("SIGHUP (forced: the shrink guard does not apply)", true);
-      else
+      else {
+        sd_notify(0, "STOPPING=1\nSTATUS=stopping");
         server.stop();
+      }
     }
   });
 
-  std::string where;
-  for (auto& ep : d.socketmap) where += (where.empty() ? "" : ", ") + ep;
   if (!d.milter.empty()) where += "; milter on " + d.milter;
   log_line(LOG_INFO, fmt::format("started: {}; {:.1f} ms; socketmap on {}", first.snapshot->summary(), load_ms, where));
   // The server, the milter's holder and the reloader hold the start's
   // snapshot now; this reference would keep it alive after every reload.
+  sd_notifyf(0, "READY=1\nSTATUS=serving: %s", first.snapshot->summary().c_str());
   first.snapshot.reset();
   ready();
   try {

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -225,6 +226,7 @@ void Reloader::request(const std::string& why, bool forced) {
     return;
   }
   running_ = true;
+  sd_notifyf(0, "RELOADING=1\nSTATUS=reloading: %s", why.c_str());
   if (worker_.joinable()) worker_.join();
   std::shared_ptr<const Snapshot> current;
   {

@@ -1,5 +1,5 @@
 // One case per configuration error: the message, with file and line.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include "testing.hpp"
 

@@ -1,7 +1,7 @@
 // The engine through query(): one policy, a table of (map, key, want) cases
 // covering precedence, case, trailing dots, IPv4/IPv6 ranges, .parent keys,
 // the subdomain switch, aliases, sender and inbound rules.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <fstream>
 

@@ -1,6 +1,6 @@
 // The milter's decisions without libmilter: Session driven through a fake
 // Mta that records replies, header edits and log lines.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <map>
 

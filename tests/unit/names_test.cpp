@@ -1,5 +1,5 @@
 // Entry parsing and key normalisation, as a table of cases.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include "policy/level.hpp"
 #include "policy/names.hpp"

@@ -37,7 +37,7 @@ void Session::read_tls(Mta& mta) {
   auto bits = mta.macro("{cipher_bits}");
   if (!version && !bits) return;
   tls_.version = version.value_or("");
-  tls_.bits = bits ? std::atoi(bits->c_str()) : 0;
+  tls_.bits = bits ? parse_cipher_bits(*bits) : 0;
 }
 
 void Session::helo(Mta& mta) { read_tls(mta); }

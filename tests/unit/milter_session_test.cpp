@@ -132,3 +132,35 @@ TEST_CASE("inbound: sender at MAIL, recipients at RCPT one by one, STARTTLS fact
   for (auto& l : plain.logs) logged |= l.find("would reject") != std::string::npos;
   CHECK(logged);
 }
+
+TEST_CASE("inbound: {cipher_bits} that is not a plain number in range counts as 0 bits") {
+  Fixture f;
+  struct Case {
+    std::string bits;
+    Verdict2 want;
+    std::string reply;  // empty: accepted
+  };
+  const Case cases[] = {
+      {"256", Verdict2::go_on, ""},
+      {"112", Verdict2::go_on, ""},
+      {"4294967552", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},  // 2^32 + 256
+      {"99999999999999999999", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {"-200", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {"128abc", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {" 128", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {"", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+  };
+  for (auto& c : cases) {
+    FakeMta mta;
+    mta.macros["{tls_version}"] = "TLSv1.3";
+    mta.macros["{cipher_bits}"] = c.bits;
+    Session s(f.holder);
+    s.connect(ip("198.51.100.1"), mta);
+    s.helo(mta);
+    Verdict2 got = s.mail("<p@partner.test>", mta);
+    std::string reply = mta.replies.empty() ? "" : mta.replies.back();
+    INFO("{cipher_bits} \"" << c.bits << "\": got reply \"" << reply << "\", want \"" << c.reply << "\"");
+    CHECK(got == c.want);
+    CHECK(reply == c.reply);
+  }
+}

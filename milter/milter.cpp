@@ -107,44 +107,61 @@ Conn& conn(SMFICTX* ctx) {
   return *c;
 }
 
-// The exception barrier: runs f(session, mta) and maps any exception to the
-// configured failure action.
-template <class F>
-sfsistat call(SMFICTX* ctx, const char* stage, F&& f) {
+void report_failure(const char* stage, const char* what) noexcept {
   try {
-    SmfiMta mta(ctx);
-    return f(conn(ctx).session, mta);
-  } catch (const std::exception& e) {
-    g_log(LOG_ERR, fmt::format("milter: {}: {}: applying failure_action", stage, e.what()));
+    g_log(LOG_ERR, fmt::format("milter: {}: {}: applying failure_action", stage, what));
   } catch (...) {
-    g_log(LOG_ERR, fmt::format("milter: {}: unknown error: applying failure_action", stage));
+  }
+}
+
+// The exception barrier at the C boundary: runs f() and maps any exception
+// to the configured failure action. Every callback's body runs inside it.
+template <class F>
+sfsistat guarded(const char* stage, F&& f) noexcept {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    report_failure(stage, e.what());
+  } catch (...) {
+    report_failure(stage, "unknown error");
   }
   return failure_status();
 }
 
+// A session callback: f(session, mta) inside the barrier.
+template <class F>
+sfsistat call(SMFICTX* ctx, const char* stage, F&& f) noexcept {
+  return guarded(stage, [&] {
+    SmfiMta mta(ctx);
+    return f(conn(ctx).session, mta);
+  });
+}
+
 sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned long, unsigned long,
                       unsigned long* pf0, unsigned long* pf1, unsigned long* pf2, unsigned long* pf3) {
-  const unsigned long need = SMFIF_ADDHDRS | SMFIF_CHGHDRS;
-  if ((f0 & need) != need) {
-    g_log(LOG_ERR, fmt::format("milter: the MTA does not offer the header actions tlspolicyd needs (offered "
-                               "actions 0x{:x}, need 0x{:x}): refusing this connection",
-                               f0, need));
-    return SMFIS_REJECT;
-  }
-  *pf0 = need;
-  // Every round trip costs smtpd time: skip the stages we never look at and
-  // answer none of those that never reject (connect, HELO, headers). DATA
-  // keeps its reply: it is what stops Postfix's DATA macro packet from
-  // waiting for a delayed ACK.
-  unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NOEOH | SMFIP_NR_HDR | SMFIP_NR_CONN | SMFIP_NR_HELO;
-  *pf1 = f1 & want;
-  Conn& c = conn(ctx);
-  c.no_header_reply = (*pf1 & SMFIP_NR_HDR) != 0;
-  c.no_connect_reply = (*pf1 & SMFIP_NR_CONN) != 0;
-  c.no_helo_reply = (*pf1 & SMFIP_NR_HELO) != 0;
-  *pf2 = 0;
-  *pf3 = 0;
-  return SMFIS_CONTINUE;
+  return guarded("negotiate", [&] {
+    const unsigned long need = SMFIF_ADDHDRS | SMFIF_CHGHDRS;
+    if ((f0 & need) != need) {
+      g_log(LOG_ERR, fmt::format("milter: the MTA does not offer the header actions tlspolicyd needs (offered "
+                                 "actions 0x{:x}, need 0x{:x}): refusing this connection",
+                                 f0, need));
+      return SMFIS_REJECT;
+    }
+    *pf0 = need;
+    // Every round trip costs smtpd time: skip the stages we never look at
+    // and answer none of those that never reject (connect, HELO, headers).
+    // DATA keeps its reply: it is what stops Postfix's DATA macro packet
+    // from waiting for a delayed ACK.
+    unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NOEOH | SMFIP_NR_HDR | SMFIP_NR_CONN | SMFIP_NR_HELO;
+    *pf1 = f1 & want;
+    Conn& c = conn(ctx);
+    c.no_header_reply = (*pf1 & SMFIP_NR_HDR) != 0;
+    c.no_connect_reply = (*pf1 & SMFIP_NR_CONN) != 0;
+    c.no_helo_reply = (*pf1 & SMFIP_NR_HELO) != 0;
+    *pf2 = 0;
+    *pf3 = 0;
+    return SMFIS_CONTINUE;
+  });
 }
 
 sfsistat on_connect(SMFICTX* ctx, char*, _SOCK_ADDR* sa) {

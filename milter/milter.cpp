@@ -96,6 +96,7 @@ struct Conn {
   bool no_header_reply = false;
   bool no_connect_reply = false;
   bool no_helo_reply = false;
+  bool no_eoh_reply = false;
 };
 
 Conn& conn(SMFICTX* ctx) {
@@ -149,15 +150,19 @@ sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned
     }
     *pf0 = need;
     // Every round trip costs smtpd time: skip the stages we never look at
-    // and answer none of those that never reject (connect, HELO, headers).
-    // DATA keeps its reply: it is what stops Postfix's DATA macro packet
-    // from waiting for a delayed ACK.
-    unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NOEOH | SMFIP_NR_HDR | SMFIP_NR_CONN | SMFIP_NR_HELO;
+    // and answer none of those that never reject (connect, HELO, headers,
+    // end of headers). DATA keeps its reply: it is what stops Postfix's
+    // DATA macro packet from waiting for a delayed ACK. End of headers is
+    // NOT skipped (no SMFIP_NOEOH): libmilter's state table then has no way
+    // from DATA to end of message for a message without headers, drops
+    // that command unanswered, and the MTA waits milter_content_timeout.
+    unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_CONN | SMFIP_NR_HELO;
     *pf1 = f1 & want;
     Conn& c = conn(ctx);
     c.no_header_reply = (*pf1 & SMFIP_NR_HDR) != 0;
     c.no_connect_reply = (*pf1 & SMFIP_NR_CONN) != 0;
     c.no_helo_reply = (*pf1 & SMFIP_NR_HELO) != 0;
+    c.no_eoh_reply = (*pf1 & SMFIP_NR_EOH) != 0;
     *pf2 = 0;
     *pf3 = 0;
     return SMFIS_CONTINUE;
@@ -208,6 +213,10 @@ sfsistat on_header(SMFICTX* ctx, char* name, char*) {
   });
 }
 
+sfsistat on_eoh(SMFICTX* ctx) {
+  return call(ctx, "eoh", [&](Session&, Mta&) { return conn(ctx).no_eoh_reply ? SMFIS_NOREPLY : SMFIS_CONTINUE; });
+}
+
 sfsistat on_eom(SMFICTX* ctx) {
   return call(ctx, "eom", [&](Session& s, Mta& mta) {
     s.end_of_message(mta);
@@ -237,7 +246,7 @@ struct smfiDesc g_desc = {
     on_envfrom,
     on_envrcpt,
     on_header,
-    nullptr,  // eoh
+    on_eoh,
     nullptr,  // body
     on_eom,
     on_abort,

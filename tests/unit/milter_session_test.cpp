@@ -164,3 +164,36 @@ TEST_CASE("inbound: {cipher_bits} that is not a plain number in range counts as 
     CHECK(reply == c.reply);
   }
 }
+
+TEST_CASE("client address: IPv4-mapped IPv6 is the IPv4 client for rules and logs") {
+  Fixture f;
+  struct Case {
+    const char* addr;
+    bool outbound;  // milter.outbound_clients = 10.0.0.0/8
+  };
+  const Case cases[] = {
+      {"10.1.2.3", true},
+      {"::ffff:10.1.2.3", true},
+      {"::ffff:11.1.2.3", false},
+      {"::10.1.2.3", false},       // IPv4-compatible, not mapped: stays IPv6
+      {"::fffe:10.1.2.3", false},  // one bit off the mapped prefix
+  };
+  for (auto& c : cases) {
+    FakeMta mta;
+    Session s(f.holder);
+    s.connect(ip(c.addr), mta);
+    s.mail("<x@else.test>", mta);
+    INFO(c.addr);
+    CHECK(s.outbound() == c.outbound);
+  }
+  // The log names the IPv4 address.
+  FakeMta mta;
+  Session s(f.holder);
+  s.connect(ip("::ffff:198.51.100.9"), mta);
+  s.helo(mta);
+  REQUIRE(s.mail("<p@partner.test>", mta) == Verdict2::reject);
+  bool logged = false;
+  for (auto& l : mta.logs) logged |= l.find("client=198.51.100.9 from=<p@partner.test>") != std::string::npos;
+  INFO("logs: " << (mta.logs.empty() ? "" : mta.logs.back()));
+  CHECK(logged);
+}

@@ -138,6 +138,12 @@ sfsistat call(SMFICTX* ctx, const char* stage, F&& f) noexcept {
   });
 }
 
+// Macros asked for at MAIL, replacing Postfix's milter_mail_macros for this
+// milter only: the TLS facts too, for a client that sends MAIL right after
+// STARTTLS without a second EHLO (RFC 3207 only says SHOULD), whose TLS
+// state would otherwise reach us with no stage at all.
+constexpr const char* kMailMacros = "{auth_authen} {tls_version} {cipher} {cipher_bits}";
+
 sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned long, unsigned long,
                       unsigned long* pf0, unsigned long* pf1, unsigned long* pf2, unsigned long* pf3) {
   return guarded("negotiate", [&] {
@@ -149,6 +155,12 @@ sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned
       return SMFIS_REJECT;
     }
     *pf0 = need;
+    if (f0 & SMFIF_SETSYMLIST) {
+      if (smfi_setsymlist(ctx, SMFIM_ENVFROM, const_cast<char*>(kMailMacros)) == MI_SUCCESS)
+        *pf0 |= SMFIF_SETSYMLIST;
+      else
+        g_log(LOG_WARNING, "milter: libmilter refused the MAIL macro list: TLS facts come from HELO only");
+    }
     // Every round trip costs smtpd time: skip the stages we never look at
     // and answer none of those that never reject (connect, HELO, headers,
     // end of headers). DATA keeps its reply: it is what stops Postfix's

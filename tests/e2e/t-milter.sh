@@ -49,6 +49,9 @@
 #      the daemon logs "TLSv1.2 0 bits", i.e. TLS was on);
 #      AES128 -> 250 for partner (128 >= 112), "554 5.7.0 encryption too
 #      weak 128 less than 256" for strong; AES256 -> 250 for strong.
+#      STARTTLS then MAIL without a second EHLO (python smtplib) -> 250 for
+#      partner (the TLS facts come with the MAIL macros the milter asks
+#      for); the same without STARTTLS -> 554.
 #   4. outbound (client 127.0.0.9, or the outbound service): the delivered
 #      message's FIRST header line is the one and only X-TLSLevel header
 #      (above Postfix's Received:): Require for enc.test (encrypt), Try for
@@ -357,6 +360,34 @@ if [ -n "$(queued c3e)" ] && wait_tagged c3e >/dev/null; then
 else
     fail "3e strong, AES256: not queued or not delivered"
 fi
+# 3f STARTTLS, then MAIL without a second EHLO (RFC 3207: SHOULD, not MUST).
+# smtplib's mail() would send EHLO again after starttls(), so the MAIL
+# command goes out with docmd(). STARTTLS=0: the same without STARTTLS.
+no_ehlo_client() {
+    timeout "$CLIENT_LIMIT" "$E2E_PYTHON" - "$PF_PORT" "$1" "$2" <<'PY'
+import smtplib, ssl, sys
+port, sender, starttls = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="noehlo.e2e.test", timeout=15)
+s.ehlo()
+if starttls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s.starttls(context=ctx)
+    print("tls %s %s" % (s.sock.version(), s.sock.cipher()[2]))
+code, msg = s.docmd("MAIL FROM:<%s>" % sender)
+print("mail %d %s" % (code, msg.decode()))
+s.docmd("QUIT")
+PY
+}
+out=$(no_ehlo_client a@partner.test 1 2>&1) || true
+check "3f STARTTLS, no second EHLO: TLS negotiated ($(sed -n 's/^tls //p' <<<"$out"))" \
+    grep -q '^tls TLSv1' <<<"$out"
+expect_eq "3f STARTTLS, no second EHLO, partner (min 112): MAIL FROM" "$(sed -n 's/^mail //p' <<<"$out")" \
+    "250 2.1.0 Ok"
+out=$(no_ehlo_client a@partner.test 0 2>&1) || true
+expect_eq "3f control, no STARTTLS, partner: MAIL FROM" "$(sed -n 's/^mail //p' <<<"$out")" \
+    "554 5.7.0 encryption too weak 0 less than 112"
 
 # ------------------------------------------------ 4. outbound header --
 

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <cstring>
 
 #include "milter/session.hpp"
@@ -275,7 +276,11 @@ struct smfiDesc g_desc = {
 int find_listener(const std::string& endpoint) {
   bool is_unix = endpoint.starts_with("unix:");
   std::string path = is_unix ? endpoint.substr(5) : "";
-  int port = is_unix ? 0 : std::atoi(endpoint.substr(endpoint.rfind(':') + 1).c_str());
+  int port = -1;  // stays -1 (matches nothing) unless the endpoint ends in a port
+  if (!is_unix) {
+    std::string_view p = std::string_view(endpoint).substr(endpoint.rfind(':') + 1);
+    std::from_chars(p.data(), p.data() + p.size(), port);
+  }
   for (int fd = 0; fd < 4096; ++fd) {
     int listening = 0;
     socklen_t len = sizeof listening;

@@ -354,11 +354,19 @@ void milter_run() {
 }
 
 void milter_stop() {
-  // smfi_stop() waits for a lock libmilter's accept loop holds across its
-  // poll (5 s): wake the poll first by shutting the listening socket.
+  // Shutting the listening socket wakes libmilter's accept loop, which then
+  // stops by itself (TCP: the poll reports the socket hung up, libmilter
+  // aborts and smfi_main returns) or keeps failing its accept until the
+  // daemon exits (unix socket). smfi_stop() is called only when the socket
+  // was not found: it takes libmilter's listener and stop mutexes from this
+  // thread, racing with smfi_main's startup (no happens-before with their
+  // pthread_mutex_init) and with its exit, which destroys them (TSan:
+  // "use of an invalid mutex" in mi_closener).
   g_stopping = true;
-  if (g_listener >= 0) shutdown(g_listener, SHUT_RDWR);
-  smfi_stop();
+  if (g_listener >= 0)
+    shutdown(g_listener, SHUT_RDWR);
+  else
+    smfi_stop();
 }
 
 }  // namespace tlspolicy

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <cstring>
 
 #include "milter/session.hpp"
@@ -96,6 +97,7 @@ struct Conn {
   bool no_header_reply = false;
   bool no_connect_reply = false;
   bool no_helo_reply = false;
+  bool no_eoh_reply = false;
 };
 
 Conn& conn(SMFICTX* ctx) {
@@ -107,44 +109,77 @@ Conn& conn(SMFICTX* ctx) {
   return *c;
 }
 
-// The exception barrier: runs f(session, mta) and maps any exception to the
-// configured failure action.
-template <class F>
-sfsistat call(SMFICTX* ctx, const char* stage, F&& f) {
+void report_failure(const char* stage, const char* what) noexcept {
   try {
-    SmfiMta mta(ctx);
-    return f(conn(ctx).session, mta);
-  } catch (const std::exception& e) {
-    g_log(LOG_ERR, fmt::format("milter: {}: {}: applying failure_action", stage, e.what()));
+    g_log(LOG_ERR, fmt::format("milter: {}: {}: applying failure_action", stage, what));
   } catch (...) {
-    g_log(LOG_ERR, fmt::format("milter: {}: unknown error: applying failure_action", stage));
+  }
+}
+
+// The exception barrier at the C boundary: runs f() and maps any exception
+// to the configured failure action. Every callback's body runs inside it.
+template <class F>
+sfsistat guarded(const char* stage, F&& f) noexcept {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    report_failure(stage, e.what());
+  } catch (...) {
+    report_failure(stage, "unknown error");
   }
   return failure_status();
 }
 
+// A session callback: f(session, mta) inside the barrier.
+template <class F>
+sfsistat call(SMFICTX* ctx, const char* stage, F&& f) noexcept {
+  return guarded(stage, [&] {
+    SmfiMta mta(ctx);
+    return f(conn(ctx).session, mta);
+  });
+}
+
+// Macros asked for at MAIL, replacing Postfix's milter_mail_macros for this
+// milter only: the TLS facts too, for a client that sends MAIL right after
+// STARTTLS without a second EHLO (RFC 3207 only says SHOULD), whose TLS
+// state would otherwise reach us with no stage at all.
+constexpr const char* kMailMacros = "{auth_authen} {tls_version} {cipher} {cipher_bits}";
+
 sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned long, unsigned long,
                       unsigned long* pf0, unsigned long* pf1, unsigned long* pf2, unsigned long* pf3) {
-  const unsigned long need = SMFIF_ADDHDRS | SMFIF_CHGHDRS;
-  if ((f0 & need) != need) {
-    g_log(LOG_ERR, fmt::format("milter: the MTA does not offer the header actions tlspolicyd needs (offered "
-                               "actions 0x{:x}, need 0x{:x}): refusing this connection",
-                               f0, need));
-    return SMFIS_REJECT;
-  }
-  *pf0 = need;
-  // Every round trip costs smtpd time: skip the stages we never look at and
-  // answer none of those that never reject (connect, HELO, headers). DATA
-  // keeps its reply: it is what stops Postfix's DATA macro packet from
-  // waiting for a delayed ACK.
-  unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NOEOH | SMFIP_NR_HDR | SMFIP_NR_CONN | SMFIP_NR_HELO;
-  *pf1 = f1 & want;
-  Conn& c = conn(ctx);
-  c.no_header_reply = (*pf1 & SMFIP_NR_HDR) != 0;
-  c.no_connect_reply = (*pf1 & SMFIP_NR_CONN) != 0;
-  c.no_helo_reply = (*pf1 & SMFIP_NR_HELO) != 0;
-  *pf2 = 0;
-  *pf3 = 0;
-  return SMFIS_CONTINUE;
+  return guarded("negotiate", [&] {
+    const unsigned long need = SMFIF_ADDHDRS | SMFIF_CHGHDRS;
+    if ((f0 & need) != need) {
+      g_log(LOG_ERR, fmt::format("milter: the MTA does not offer the header actions tlspolicyd needs (offered "
+                                 "actions 0x{:x}, need 0x{:x}): refusing this connection",
+                                 f0, need));
+      return SMFIS_REJECT;
+    }
+    *pf0 = need;
+    if (f0 & SMFIF_SETSYMLIST) {
+      if (smfi_setsymlist(ctx, SMFIM_ENVFROM, const_cast<char*>(kMailMacros)) == MI_SUCCESS)
+        *pf0 |= SMFIF_SETSYMLIST;
+      else
+        g_log(LOG_WARNING, "milter: libmilter refused the MAIL macro list: TLS facts come from HELO only");
+    }
+    // Every round trip costs smtpd time: skip the stages we never look at
+    // and answer none of those that never reject (connect, HELO, headers,
+    // end of headers). DATA keeps its reply: it is what stops Postfix's
+    // DATA macro packet from waiting for a delayed ACK. End of headers is
+    // NOT skipped (no SMFIP_NOEOH): libmilter's state table then has no way
+    // from DATA to end of message for a message without headers, drops
+    // that command unanswered, and the MTA waits milter_content_timeout.
+    unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_CONN | SMFIP_NR_HELO;
+    *pf1 = f1 & want;
+    Conn& c = conn(ctx);
+    c.no_header_reply = (*pf1 & SMFIP_NR_HDR) != 0;
+    c.no_connect_reply = (*pf1 & SMFIP_NR_CONN) != 0;
+    c.no_helo_reply = (*pf1 & SMFIP_NR_HELO) != 0;
+    c.no_eoh_reply = (*pf1 & SMFIP_NR_EOH) != 0;
+    *pf2 = 0;
+    *pf3 = 0;
+    return SMFIS_CONTINUE;
+  });
 }
 
 sfsistat on_connect(SMFICTX* ctx, char*, _SOCK_ADDR* sa) {
@@ -191,6 +226,10 @@ sfsistat on_header(SMFICTX* ctx, char* name, char*) {
   });
 }
 
+sfsistat on_eoh(SMFICTX* ctx) {
+  return call(ctx, "eoh", [&](Session&, Mta&) { return conn(ctx).no_eoh_reply ? SMFIS_NOREPLY : SMFIS_CONTINUE; });
+}
+
 sfsistat on_eom(SMFICTX* ctx) {
   return call(ctx, "eom", [&](Session& s, Mta& mta) {
     s.end_of_message(mta);
@@ -220,7 +259,7 @@ struct smfiDesc g_desc = {
     on_envfrom,
     on_envrcpt,
     on_header,
-    nullptr,  // eoh
+    on_eoh,
     nullptr,  // body
     on_eom,
     on_abort,
@@ -237,7 +276,11 @@ struct smfiDesc g_desc = {
 int find_listener(const std::string& endpoint) {
   bool is_unix = endpoint.starts_with("unix:");
   std::string path = is_unix ? endpoint.substr(5) : "";
-  int port = is_unix ? 0 : std::atoi(endpoint.substr(endpoint.rfind(':') + 1).c_str());
+  int port = -1;  // stays -1 (matches nothing) unless the endpoint ends in a port
+  if (!is_unix) {
+    std::string_view p = std::string_view(endpoint).substr(endpoint.rfind(':') + 1);
+    std::from_chars(p.data(), p.data() + p.size(), port);
+  }
   for (int fd = 0; fd < 4096; ++fd) {
     int listening = 0;
     socklen_t len = sizeof listening;
@@ -311,11 +354,19 @@ void milter_run() {
 }
 
 void milter_stop() {
-  // smfi_stop() waits for a lock libmilter's accept loop holds across its
-  // poll (5 s): wake the poll first by shutting the listening socket.
+  // Shutting the listening socket wakes libmilter's accept loop, which then
+  // stops by itself (TCP: the poll reports the socket hung up, libmilter
+  // aborts and smfi_main returns) or keeps failing its accept until the
+  // daemon exits (unix socket). smfi_stop() is called only when the socket
+  // was not found: it takes libmilter's listener and stop mutexes from this
+  // thread, racing with smfi_main's startup (no happens-before with their
+  // pthread_mutex_init) and with its exit, which destroys them (TSan:
+  // "use of an invalid mutex" in mi_closener).
   g_stopping = true;
-  if (g_listener >= 0) shutdown(g_listener, SHUT_RDWR);
-  smfi_stop();
+  if (g_listener >= 0)
+    shutdown(g_listener, SHUT_RDWR);
+  else
+    smfi_stop();
 }
 
 }  // namespace tlspolicy

@@ -5,6 +5,7 @@
 #include <syslog.h>
 
 #include <algorithm>
+#include <iterator>
 
 namespace tlspolicy {
 
@@ -22,11 +23,20 @@ std::string rule_where(const Snapshot& s, uint32_t rule) {
   const Rule& r = s.rules[rule];
   return r.is_default ? fmt::format("default at {}", s.where(r)) : fmt::format("rule \"{}\" at {}", r.name, s.where(r));
 }
+// An IPv4 client that reached an IPv6 socket shows up as ::ffff:a.b.c.d:
+// to the rules (and in the log) it is a.b.c.d.
+std::optional<IpAddr> unmap_v4(const std::optional<IpAddr>& a) {
+  static constexpr uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (!a || !a->v6 || !std::equal(std::begin(kPrefix), std::end(kPrefix), a->bytes.begin())) return a;
+  IpAddr v4;
+  std::copy(a->bytes.begin() + 12, a->bytes.end(), v4.bytes.begin());
+  return v4;
+}
 }  // namespace
 
 void Session::connect(const std::optional<IpAddr>& client, Mta& mta) {
-  client_ = client;
-  client_text_ = client ? format_ip(*client) : "unknown";
+  client_ = unmap_v4(client);
+  client_text_ = client_ ? format_ip(*client_) : "unknown";
   daemon_name_ = mta.macro("{daemon_name}").value_or("");
 }
 
@@ -37,7 +47,7 @@ void Session::read_tls(Mta& mta) {
   auto bits = mta.macro("{cipher_bits}");
   if (!version && !bits) return;
   tls_.version = version.value_or("");
-  tls_.bits = bits ? std::atoi(bits->c_str()) : 0;
+  tls_.bits = bits ? parse_cipher_bits(*bits) : 0;
 }
 
 void Session::helo(Mta& mta) { read_tls(mta); }

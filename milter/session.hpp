@@ -31,7 +31,7 @@ class Session {
  public:
   explicit Session(const PolicyHolder& holder) : holder_(holder) {}
 
-  void connect(const std::optional<IpAddr>& client, Mta& mta);
+  void connect(const std::optional<IpAddr>& client, Mta& mta);  // ::ffff:a.b.c.d counts as a.b.c.d
   void helo(Mta& mta);
   Verdict2 mail(const std::string& sender, Mta& mta);
   Verdict2 rcpt(const std::string& rcpt, Mta& mta);

@@ -307,7 +307,7 @@ Answer inbound(const Snapshot& s, std::string_view key, bool explain) {
     else if (name == "to") to = value;
     else if (name == "client") client = parse_ip(value);
     else if (name == "version") f.version = value;
-    else if (name == "bits") f.bits = std::atoi(std::string(value).c_str());
+    else if (name == "bits") f.bits = parse_cipher_bits(value);
     else return a;
   }
   Verdict v = check_inbound_sender(s, from, client ? &*client : nullptr, f);

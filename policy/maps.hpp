@@ -2,6 +2,7 @@
 // single code path behind `tlspolicy query`, the socketmap responder and (via
 // the recipient/sender/inbound functions) the milter.
 #pragma once
+#include <charconv>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -51,6 +52,15 @@ struct TlsFacts {
   std::string version;  // {tls_version}; empty = no TLS
   int bits = 0;         // {cipher_bits}
 };
+
+// {cipher_bits} or the inbound key's bits=: plain decimal digits in int's
+// range, else 0 (a sign, garbage, overflow), so a minimum fails closed.
+inline int parse_cipher_bits(std::string_view text) {
+  int bits = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), bits);
+  if (ec != std::errc() || end != text.data() + text.size() || bits < 0) return 0;
+  return bits;
+}
 
 struct Verdict {
   bool matched = false;   // some inbound rule applied

@@ -49,6 +49,9 @@
 #      the daemon logs "TLSv1.2 0 bits", i.e. TLS was on);
 #      AES128 -> 250 for partner (128 >= 112), "554 5.7.0 encryption too
 #      weak 128 less than 256" for strong; AES256 -> 250 for strong.
+#      STARTTLS then MAIL without a second EHLO (python smtplib) -> 250 for
+#      partner (the TLS facts come with the MAIL macros the milter asks
+#      for); the same without STARTTLS -> 554.
 #   4. outbound (client 127.0.0.9, or the outbound service): the delivered
 #      message's FIRST header line is the one and only X-TLSLevel header
 #      (above Postfix's Received:): Require for enc.test (encrypt), Try for
@@ -59,7 +62,15 @@
 #   5. the queue ID from "250 2.0.0 Ok: queued as QID" is in the daemon's
 #      "milter: QID: outbound from=<...>: X-TLSLevel: Require (strictest
 #      level encrypt)" line (and in "QID: removed 2 X-TLSLevel header(s)").
-#   6. tlspolicyd stopped (SIGTERM, exit 0): MAIL FROM gets "451 4.7.1
+#   6. messages with few or no headers, from the outbound client 127.0.0.9
+#      (no local_header_rewrite_clients client, so Postfix adds none of its
+#      own): no header at all, nothing at all, only a forged X-TLSLevel, a
+#      header and an empty body; and no header from an inbound client. Each
+#      gets "250 2.0.0 Ok: queued as" within 1 s of the end of DATA
+#      (milter_content_timeout is 5 s here, so a dropped end-of-message
+#      reply shows as 451 after 5 s), and each outbound copy arrives with
+#      exactly one X-TLSLevel: Require on top.
+#   7. tlspolicyd stopped (SIGTERM, exit 0): MAIL FROM gets "451 4.7.1
 #      Service unavailable - try again later" (default_action=tempfail);
 #      with swaks --tls already STARTTLS gets "454 4.3.0 Try again later"
 #      (smtpd maps a milter 4xx before STARTTLS to 454); nothing is queued.
@@ -242,7 +253,10 @@ for h in ours.test enc.test may.test; do
 done
 sink_start out 127.0.0.2 --starttls
 
-PF_MAIN_EXTRA="smtpd_milters = { inet:127.0.0.1:$MILTER_PORT, default_action=tempfail }"
+# milter_content_timeout: a dropped end-of-message reply (check 6) shows as
+# 451 after 5 s instead of the default 300 s.
+PF_MAIN_EXTRA="smtpd_milters = { inet:127.0.0.1:$MILTER_PORT, default_action=tempfail }
+milter_content_timeout = 5s"
 PF_MASTER_EXTRA="127.0.0.1:$OUT_PORT inet n - n - - smtpd
   -o syslog_name=postfix-e2e/out -o milter_macro_daemon_name=tlspolicy-out
 127.0.0.1:$WEAK_PORT inet n - n - - smtpd
@@ -346,6 +360,34 @@ if [ -n "$(queued c3e)" ] && wait_tagged c3e >/dev/null; then
 else
     fail "3e strong, AES256: not queued or not delivered"
 fi
+# 3f STARTTLS, then MAIL without a second EHLO (RFC 3207: SHOULD, not MUST).
+# smtplib's mail() would send EHLO again after starttls(), so the MAIL
+# command goes out with docmd(). STARTTLS=0: the same without STARTTLS.
+no_ehlo_client() {
+    timeout "$CLIENT_LIMIT" "$E2E_PYTHON" - "$PF_PORT" "$1" "$2" <<'PY'
+import smtplib, ssl, sys
+port, sender, starttls = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="noehlo.e2e.test", timeout=15)
+s.ehlo()
+if starttls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s.starttls(context=ctx)
+    print("tls %s %s" % (s.sock.version(), s.sock.cipher()[2]))
+code, msg = s.docmd("MAIL FROM:<%s>" % sender)
+print("mail %d %s" % (code, msg.decode()))
+s.docmd("QUIT")
+PY
+}
+out=$(no_ehlo_client a@partner.test 1 2>&1) || true
+check "3f STARTTLS, no second EHLO: TLS negotiated ($(sed -n 's/^tls //p' <<<"$out"))" \
+    grep -q '^tls TLSv1' <<<"$out"
+expect_eq "3f STARTTLS, no second EHLO, partner (min 112): MAIL FROM" "$(sed -n 's/^mail //p' <<<"$out")" \
+    "250 2.1.0 Ok"
+out=$(no_ehlo_client a@partner.test 0 2>&1) || true
+expect_eq "3f control, no STARTTLS, partner: MAIL FROM" "$(sed -n 's/^mail //p' <<<"$out")" \
+    "554 5.7.0 encryption too weak 0 less than 112"
 
 # ------------------------------------------------ 4. outbound header --
 
@@ -410,22 +452,94 @@ QID=$(queued c4d)
 check "5 daemon logged '$QID: removed 2 X-TLSLevel header(s) the client sent'" \
     grep -qF "milter: $QID: removed 2 X-TLSLevel header(s) the client sent" "$TD_LOG"
 
-# ------------------------------------------- 6. tlspolicyd stopped --
+# ------------------------------- 6. messages without (usual) headers --
+
+# raw_msg NAME LOCAL_ADDR FROM RCPT DATA: one SMTP transaction from
+# LOCAL_ADDR with DATA sent byte for byte (DATA is the inside of a Python
+# string literal: \r\n escapes), bounded by the client's timeout; writes
+# "<final reply>|<seconds from the end of DATA to it>" as the last line of
+# $E2E_DIR/raw-NAME.out.
+raw_msg() {
+    timeout "$CLIENT_LIMIT" "$E2E_PYTHON" - "$PF_PORT" "$2" "$3" "$4" "$5" >"$E2E_DIR/raw-$1.out" 2>&1 <<'PY' || true
+import ast, smtplib, sys, time
+port, local, sender, rcpt, data = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+body = ast.literal_eval('"' + data + '"').encode()
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="raw.e2e.test", source_address=(local, 0), timeout=15)
+s.ehlo()
+s.mail(sender)
+s.rcpt(rcpt)
+code, _ = s.docmd("DATA")
+assert code == 354, code
+t0 = time.monotonic()
+s.send(body + b".\r\n")
+code, msg = s.getreply()
+print("%d %s|%.2f" % (code, msg.decode(), time.monotonic() - t0))
+s.quit()
+PY
+}
+
+# sink_for RCPT: the stored message addressed to RCPT (waits for it).
+sink_for() {
+    wait_for "grep -qlF '\"$1\"' \"\$E2E_DIR\"/sink-out/*.json 2>/dev/null" "$MSG_TIMEOUT" || return 1
+    grep -lF "\"$1\"" "$E2E_DIR"/sink-out/*.json
+}
+
+# raw_check NAME DESC: the final reply is "250 2.0.0 Ok: queued as ..." and
+# came within a second of the end of DATA (a dropped end-of-message reply
+# shows as 451 after milter_content_timeout instead).
+raw_check() {
+    local out reply secs
+    out=$(tail -n 1 "$E2E_DIR/raw-$1.out")
+    reply=${out%|*} secs=${out##*|}
+    case $reply in
+        "250 2.0.0 Ok: queued as "*) ;;
+        *) fail "$2: final reply '$reply' after ${secs}s ($(head -c 300 "$E2E_DIR/raw-$1.out"))"; return 0 ;;
+    esac
+    if awk -v s="$secs" 'BEGIN { exit !(s < 1.0) }'; then
+        ok "$2: '$reply' after ${secs}s"
+    else
+        fail "$2: '$reply' only after ${secs}s (want < 1 s)"
+    fi
+}
+
+# 127.0.0.9 is outbound (milter.outbound_clients) and, not being an address
+# of inet_interfaces, no local_header_rewrite_clients client: Postfix adds
+# no Date:/Message-ID:/From: of its own, so the milter sees exactly the
+# header section the client sent (Postfix's own Received: is hidden).
+raw_msg c6a 127.0.0.9 user@ours.test u6a@enc.test '\r\nno headers, only a body\r\n'
+raw_check c6a "6a no headers (blank line, then body)"
+raw_msg c6b 127.0.0.9 user@ours.test u6b@enc.test ''
+raw_check c6b "6b nothing at all (DATA, then the dot)"
+raw_msg c6c 127.0.0.9 user@ours.test u6c@enc.test 'X-TLSLevel: Try\r\n\r\nonly a forged header\r\n'
+raw_check c6c "6c the only header a forged X-TLSLevel"
+raw_msg c6d 127.0.0.9 user@ours.test u6d@enc.test 'Subject: empty body\r\n'
+raw_check c6d "6d headers, empty body"
+raw_msg c6e 127.0.0.1 s6r@src.test u6e@ours.test '\r\nno headers, inbound\r\n'
+raw_check c6e "6e no headers, inbound client"
+for c in a b c d; do
+    if f=$(sink_for "u6$c@enc.test"); then
+        expect_eq "6$c delivered: X-TLSLevel count|first header" "$(tlslevel_summary "$f")" "1|X-TLSLevel: Require"
+    else
+        fail "6$c: nothing at the sink for u6$c@enc.test"
+    fi
+done
+
+# ------------------------------------------- 7. tlspolicyd stopped --
 
 e2e_daemon_stop tlspolicyd
-expect_eq "6 tlspolicyd exit status after SIGTERM" "$E2E_DAEMON_RC" 0
-wait_for "! _e2e_listening 127.0.0.1 $MILTER_PORT" 10 || fail "6 milter port still listening"
+expect_eq "7 tlspolicyd exit status after SIGTERM" "$E2E_DAEMON_RC" 0
+wait_for "! _e2e_listening 127.0.0.1 $MILTER_PORT" 10 || fail "7 milter port still listening"
 swx c6 "$PF_PORT" --from s6@src.test --to other@ours.test --add-header "X-E2E-ID: c6"
-expect_eq "6 daemon down: MAIL FROM" "$(reply c6 'MAIL FROM:<s6@src.test>')" \
+expect_eq "7 daemon down: MAIL FROM" "$(reply c6 'MAIL FROM:<s6@src.test>')" \
     "451 4.7.1 Service unavailable - try again later"
-check "6 daemon down: nothing queued (no 'queued as', queue empty)" \
+check "7 daemon down: nothing queued (no 'queued as', queue empty)" \
     test -z "$(queued c6)" -a "$(pf_queue_count)" -eq 0
 swx c6t "$PF_PORT" --tls --from s6@src.test --to other@ours.test --add-header "X-E2E-ID: c6t"
 # smtpd asks the milters before STARTTLS too and maps a 4xx answer to 454
 # ("Sendmail compatibility", smtpd.c), so the TLS client stops there.
-expect_eq "6 daemon down, with TLS: STARTTLS" "$(reply c6t 'STARTTLS')" "454 4.3.0 Try again later"
-check "6 daemon down, with TLS: nothing queued" test -z "$(queued c6t)" -a "$(pf_queue_count)" -eq 0
-check "6 maillog shows smtpd failing to reach the milter" \
+expect_eq "7 daemon down, with TLS: STARTTLS" "$(reply c6t 'STARTTLS')" "454 4.3.0 Try again later"
+check "7 daemon down, with TLS: nothing queued" test -z "$(queued c6t)" -a "$(pf_queue_count)" -eq 0
+check "7 maillog shows smtpd failing to reach the milter" \
     grep -qE "warning: connect to Milter service inet:127\.0\.0\.1:$MILTER_PORT: Connection refused" "$PF_MAILLOG"
 
 # -------------------------------------------------------------- summary --

@@ -35,3 +35,15 @@ check(mt.abort(c) == nil, "mt.abort failed")
 helo(c, nil)
 check(mail(c, "sales@partner.test") == SMFIR_REPLYCODE, "partner sender accepted after an abort without TLS")
 mt.disconnect(c)
+
+step("EHLO, STARTTLS (abort), no second EHLO, TLS macros with MAIL: accepted")
+-- Postfix sends them with MAIL because the milter asks for them there
+-- (smfi_setsymlist) or the admin lists them in milter_mail_macros.
+c = connect({ ip = "198.51.100.70" })
+helo(c, nil)
+check(mt.abort(c) == nil, "mt.abort failed")
+local ok_macro = mt.macro(c, SMFIC_MAIL, "{tls_version}", "TLSv1.3", "{cipher}", "TLS_AES_256_GCM_SHA384",
+                    "{cipher_bits}", "256")
+check(ok_macro == nil, "mt.macro(SMFIC_MAIL) failed")
+check(mail(c, "sales@partner.test") == SMFIR_CONTINUE, "MAIL with TLS macros at MAIL rejected")
+mt.disconnect(c)

@@ -1,7 +1,7 @@
 -- conf: outbound.conf
 -- A client address inside milter.outbound_clients (10.0.0.0/8,
 -- 2001:db8:99::/48) is outbound without authenticating; one outside them
--- is inbound (no header).
+-- is inbound (no header). An IPv4-mapped IPv6 address is the IPv4 client.
 dofile(lib)
 
 step("10.1.2.3 (listed), encrypt recipient: Require")
@@ -31,5 +31,15 @@ end)
 
 step("2001:db8:98::7 (not listed): no header")
 one_message({ ip = "2001:db8:98::7" }, "app@ourcorp.test", { "bob@enc.test" }, function(c)
+  expect_no_header(c, "X-TLSLevel")
+end)
+
+step("::ffff:10.1.2.3 (IPv4-mapped, listed): Require")
+one_message({ ip = "::ffff:10.1.2.3" }, "app@ourcorp.test", { "bob@enc.test" }, function(c)
+  expect_one_header(c, "X-TLSLevel", "Require")
+end)
+
+step("::ffff:11.0.0.1 (IPv4-mapped, not listed): no header")
+one_message({ ip = "::ffff:11.0.0.1" }, "app@ourcorp.test", { "bob@enc.test" }, function(c)
   expect_no_header(c, "X-TLSLevel")
 end)

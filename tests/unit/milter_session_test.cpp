@@ -132,3 +132,68 @@ TEST_CASE("inbound: sender at MAIL, recipients at RCPT one by one, STARTTLS fact
   for (auto& l : plain.logs) logged |= l.find("would reject") != std::string::npos;
   CHECK(logged);
 }
+
+TEST_CASE("inbound: {cipher_bits} that is not a plain number in range counts as 0 bits") {
+  Fixture f;
+  struct Case {
+    std::string bits;
+    Verdict2 want;
+    std::string reply;  // empty: accepted
+  };
+  const Case cases[] = {
+      {"256", Verdict2::go_on, ""},
+      {"112", Verdict2::go_on, ""},
+      {"4294967552", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},  // 2^32 + 256
+      {"99999999999999999999", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {"-200", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {"128abc", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {" 128", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+      {"", Verdict2::reject, "554 5.7.0 encryption too weak 0 less than 112"},
+  };
+  for (auto& c : cases) {
+    FakeMta mta;
+    mta.macros["{tls_version}"] = "TLSv1.3";
+    mta.macros["{cipher_bits}"] = c.bits;
+    Session s(f.holder);
+    s.connect(ip("198.51.100.1"), mta);
+    s.helo(mta);
+    Verdict2 got = s.mail("<p@partner.test>", mta);
+    std::string reply = mta.replies.empty() ? "" : mta.replies.back();
+    INFO("{cipher_bits} \"" << c.bits << "\": got reply \"" << reply << "\", want \"" << c.reply << "\"");
+    CHECK(got == c.want);
+    CHECK(reply == c.reply);
+  }
+}
+
+TEST_CASE("client address: IPv4-mapped IPv6 is the IPv4 client for rules and logs") {
+  Fixture f;
+  struct Case {
+    const char* addr;
+    bool outbound;  // milter.outbound_clients = 10.0.0.0/8
+  };
+  const Case cases[] = {
+      {"10.1.2.3", true},
+      {"::ffff:10.1.2.3", true},
+      {"::ffff:11.1.2.3", false},
+      {"::10.1.2.3", false},       // IPv4-compatible, not mapped: stays IPv6
+      {"::fffe:10.1.2.3", false},  // one bit off the mapped prefix
+  };
+  for (auto& c : cases) {
+    FakeMta mta;
+    Session s(f.holder);
+    s.connect(ip(c.addr), mta);
+    s.mail("<x@else.test>", mta);
+    INFO(c.addr);
+    CHECK(s.outbound() == c.outbound);
+  }
+  // The log names the IPv4 address.
+  FakeMta mta;
+  Session s(f.holder);
+  s.connect(ip("::ffff:198.51.100.9"), mta);
+  s.helo(mta);
+  REQUIRE(s.mail("<p@partner.test>", mta) == Verdict2::reject);
+  bool logged = false;
+  for (auto& l : mta.logs) logged |= l.find("client=198.51.100.9 from=<p@partner.test>") != std::string::npos;
+  INFO("logs: " << (mta.logs.empty() ? "" : mta.logs.back()));
+  CHECK(logged);
+}

@@ -3,6 +3,7 @@
 // attribute is checked here, at config load, instead of at delivery time.
 #include "policy/level.hpp"
 
+#include <algorithm>
 #include <array>
 #include <fmt/format.h>
 #include <vector>
@@ -80,16 +81,30 @@ bool hex_fingerprint(std::string_view v) {
   return true;
 }
 
+bool one_of(std::string_view v, std::initializer_list<std::string_view> words) {
+  for (auto w : words)
+    if (iequals(v, w)) return true;
+  return false;
+}
+
+// Checks one attribute as Postfix's tls_policy_lookup_one() (3.7 to 3.10)
+// would: names and keywords compared case-insensitively, the repeat rules
+// and the values it accepts. `name` is lowercased by the caller.
 std::string check_attribute(Level level, std::string_view name, std::string_view value,
                             bool repeated) {
-  if (value.empty()) return fmt::format("attribute {}= has no value", name);
-  if (name != "match" && repeated) return fmt::format("attribute {}= given twice", name);
+  constexpr std::string_view kOnce[] = {"ciphers",     "protocols",     "exclude",       "servername",
+                                        "policy_type", "policy_domain", "policy_failure", "policy_ttl"};
+  for (auto o : kOnce)
+    if (name == o && repeated) return fmt::format("attribute {}= given twice (Postfix allows it once)", name);
+  if (value.empty() && (name == "ciphers" || name == "match" || name == "tafile" || name == "servername" ||
+                        name == "policy_type" || name == "policy_domain" || name == "policy_failure" ||
+                        name == "policy_ttl" || name == "connection_reuse" || name == "enable_rpk"))
+    return fmt::format("attribute {}= has no value", name);
   if (name == "ciphers") {
-    for (auto k : {"export", "low", "medium", "high", "null"})
-      if (value == k) return {};
+    if (one_of(value, {"export", "low", "medium", "high", "null"})) return {};
     return fmt::format("ciphers={} is not one of export, low, medium, high, null", value);
   }
-  if (name == "protocols") return check_protocols(value);
+  if (name == "protocols") return value.empty() ? std::string() : check_protocols(value);
   if (name == "exclude") {
     for (char c : value)
       if (!cipher_list_char(c))
@@ -105,12 +120,17 @@ std::string check_attribute(Level level, std::string_view name, std::string_view
       return {};
     }
     if (level == Level::verify || level == Level::secure) {
-      for (auto n : split(value, ":"))
-        if (n != "hostname" && n != "nexthop" && n != "dot-nexthop" &&
-            !valid_domain_pattern(n))
-          return fmt::format("match={}: \"{}\" is neither hostname, nexthop, dot-nexthop nor "
-                             "a domain name",
+      // hostname, nexthop, dot-nexthop, a DNS name, or ".domain" for any
+      // subdomain of it (tls_client.c add_namechecks(); the MTA-STS peers
+      // write "*.mx.example" patterns so). Postfix ignores a lone ".".
+      for (auto n : split(value, ":")) {
+        if (one_of(n, {"hostname", "nexthop", "dot-nexthop"}) || n == ".") continue;
+        if (n.starts_with(".")) n.remove_prefix(1);
+        if (!valid_domain_pattern(n))
+          return fmt::format("match={}: \"{}\" is neither hostname, nexthop, dot-nexthop, a domain name "
+                             "nor .domain (its subdomains)",
                              value, n);
+      }
       return {};
     }
     return fmt::format("match= only applies to the fingerprint, verify and secure levels, "
@@ -118,23 +138,80 @@ std::string check_attribute(Level level, std::string_view name, std::string_view
                        level_name(level));
   }
   if (name == "servername") {
-    if (value == "hostname" || valid_domain_pattern(value)) return {};
-    return fmt::format("servername={} is neither \"hostname\" nor a domain name", value);
+    // "hostname" and "nexthop" are keywords, compared case-sensitively by Postfix.
+    if (value == "hostname" || value == "nexthop" || valid_domain_pattern(value)) return {};
+    return fmt::format("servername={} is neither \"hostname\", \"nexthop\" nor a domain name", value);
   }
   if (name == "tafile") {
     if (level != Level::verify && level != Level::secure)
       return fmt::format("tafile= only applies to the verify and secure levels, not {}",
                          level_name(level));
-    if (!value.starts_with("/")) return fmt::format("tafile={} is not an absolute path", value);
     return {};
   }
-  if (name == "connection_reuse") {
-    if (value == "yes" || value == "no") return {};
-    return fmt::format("connection_reuse={} must be yes or no", value);
+  if (name == "connection_reuse" || name == "enable_rpk") {
+    if (one_of(value, {"yes", "no"})) return {};
+    return fmt::format("{}={} must be yes or no", name, value);
   }
+  // TLSRPT (Postfix 3.10): the policy that an MTA-STS or DANE source applied.
+  if (name == "policy_type") {
+    if (one_of(value, {"sts", "no-policy-found"})) return {};
+    return fmt::format("policy_type={} must be sts or no-policy-found", value);
+  }
+  if (name == "policy_domain") {
+    if (valid_domain_pattern(value)) return {};
+    return fmt::format("policy_domain={} is not a domain name", value);
+  }
+  if (name == "policy_failure") {
+    if (one_of(value, {"sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid", "validation-failure"}))
+      return {};
+    return fmt::format("policy_failure={} must be sts-policy-fetch-error, sts-policy-invalid, "
+                       "sts-webpki-invalid or validation-failure",
+                       value);
+  }
+  if (name == "policy_ttl") {
+    for (char c : value)
+      if (c < '0' || c > '9') return fmt::format("policy_ttl={} is not a number of seconds", value);
+    return {};
+  }
+  if (name == "policy_string" || name == "mx_host_pattern") return {};
   return fmt::format("unknown policy attribute \"{}=\" (Postfix knows ciphers=, protocols=, "
-                     "exclude=, match=, servername=, tafile=, connection_reuse=)",
+                     "exclude=, match=, servername=, tafile=, connection_reuse=, enable_rpk= (3.9), "
+                     "and policy_type=, policy_domain=, policy_string=, mx_host_pattern=, "
+                     "policy_failure= (TLSRPT, 3.10))",
                      name);
+}
+
+// Splits a policy as Postfix does: tokens separated by commas and white
+// space; 3.10's "{ name = value with spaces }" is one token.
+std::vector<std::string_view> policy_tokens(std::string_view s, std::string* error) {
+  std::vector<std::string_view> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (s[i] == ',' || s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n') {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    if (s[i] == '{') {
+      j = s.find('}', i);
+      if (j == std::string_view::npos) {
+        *error = fmt::format("\"{}\": a \"{{\" without its \"}}\"", s.substr(i));
+        return {};
+      }
+      ++j;
+    } else {
+      while (j < s.size() && s[j] != ',' && s[j] != ' ' && s[j] != '\t' && s[j] != '\r' && s[j] != '\n') ++j;
+    }
+    out.push_back(s.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+std::string_view trim(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
 }
 
 }  // namespace
@@ -152,7 +229,12 @@ std::optional<Level> parse_level(std::string_view w) {
 }
 
 std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* error) {
-  auto words = split(text, " \t");
+  std::string tokerr;
+  auto words = policy_tokens(text, &tokerr);
+  if (!tokerr.empty()) {
+    *error = tokerr;
+    return std::nullopt;
+  }
   if (words.empty()) {
     *error = "empty level (use none, may, encrypt, dane, dane-only, fingerprint, verify or "
              "secure)";
@@ -167,29 +249,47 @@ std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* er
   }
   TlsPolicy p{*level, {}};
   if (*level == Level::none && words.size() > 1) {
-    *error = fmt::format("level none takes no attributes (\"{}\")", words[1]);
+    *error = fmt::format("level none takes no attributes (\"{}\"; Postfix would ignore it)", words[1]);
     return std::nullopt;
   }
-  std::vector<std::string_view> seen;
+  std::vector<std::string> seen;
+  bool tlsrpt = false, has_type = false;
   for (size_t i = 1; i < words.size(); ++i) {
-    auto eq = words[i].find('=');
-    if (eq == std::string_view::npos) {
-      *error = fmt::format("\"{}\" is not an attribute (expected name=value, e.g. "
-                           "protocols=>=TLSv1.2)",
+    std::string_view w = words[i];
+    bool braced = w.front() == '{';
+    if (braced) w = w.substr(1, w.size() - 2);
+    auto eq = w.find('=');
+    if (eq == std::string_view::npos || trim(w.substr(0, eq)).empty()) {
+      *error = fmt::format("\"{}\" is not an attribute (expected name=value, e.g. protocols=>=TLSv1.2; "
+                           "a comma or space starts a new attribute, as in Postfix, so separate "
+                           "protocols and match names with \":\")",
                            words[i]);
       return std::nullopt;
     }
-    auto name = words[i].substr(0, eq);
-    bool repeated = false;
-    for (auto s : seen) repeated |= (s == name);
-    auto problem = check_attribute(*level, name, words[i].substr(eq + 1), repeated);
+    std::string name = lowercase(trim(w.substr(0, eq)));
+    std::string_view value = trim(w.substr(eq + 1));
+    bool repeated = std::find(seen.begin(), seen.end(), name) != seen.end();
+    auto problem = check_attribute(*level, name, value, repeated);
     if (!problem.empty()) {
       *error = problem;
       return std::nullopt;
     }
+    has_type |= name == "policy_type";
+    tlsrpt |= name == "policy_domain" || name == "policy_string" || name == "mx_host_pattern" ||
+              name == "policy_failure" || name == "policy_ttl";
     seen.push_back(name);
+    // Written back as Postfix reads it: braces where a value has spaces.
+    bool spaces = value.find_first_of(" \t") != std::string_view::npos;
     p.attributes += ' ';
-    p.attributes += words[i];
+    if (braced || spaces)
+      p.attributes += fmt::format("{{ {} = {} }}", name, value);
+    else
+      p.attributes += fmt::format("{}={}", name, value);
+  }
+  if (tlsrpt && !has_type) {
+    *error = "TLSRPT attributes (policy_domain=, policy_string=, mx_host_pattern=, policy_failure=) need "
+             "policy_type= (Postfix 3.10 treats them as an invalid policy otherwise)";
+    return std::nullopt;
   }
   if (p.level == Level::fingerprint && p.attributes.find(" match=") == std::string::npos) {
     *error = "level fingerprint needs at least one match=<fingerprint>";

@@ -97,9 +97,46 @@ TEST_CASE("policy values: levels, aliases and attribute validation") {
       {"opportunistic", "may"},
       {"DANE-only", "dane-only"},
       {"encrypt protocols=>=TLSv1.2 ciphers=high", "encrypt protocols=>=TLSv1.2 ciphers=high"},
-      {"may protocols=!SSLv2,!SSLv3", "may protocols=!SSLv2,!SSLv3"},
+      // Postfix splits a policy at commas too: "!SSLv3" would be a malformed
+      // attribute and the whole policy invalid (every mail deferred).
+      {"may protocols=!SSLv2,!SSLv3", "!\"!SSLv3\" is not an attribute"},
+      {"may protocols=!SSLv2:!SSLv3", "may protocols=!SSLv2:!SSLv3"},
+      {"encrypt,protocols=>=TLSv1.2", "encrypt protocols=>=TLSv1.2"},
       {"verify match=hostname:nexthop servername=hostname", "verify match=hostname:nexthop servername=hostname"},
-      {"secure match=.example.com tafile=/etc/ssl/ta.pem", "!match="},
+      // A leading dot: any subdomain (tls_client.c); the MTA-STS peers write
+      // "*.mx.example.com" patterns so.
+      {"secure match=.example.com tafile=/etc/ssl/ta.pem", "secure match=.example.com tafile=/etc/ssl/ta.pem"},
+      {"secure match=.mx.example.com:mx1.example.com", "secure match=.mx.example.com:mx1.example.com"},
+      {"secure match=mx.example.test servername=hostname", "secure match=mx.example.test servername=hostname"},
+      {"verify match=HOSTNAME:Dot-Nexthop", "verify match=HOSTNAME:Dot-Nexthop"},
+      {"secure match=a..b", "!is neither hostname"},
+      {"secure match=", "!has no value"},
+      // Attribute names and keywords are case-insensitive in Postfix.
+      {"encrypt CIPHERS=High", "encrypt ciphers=High"},
+      {"encrypt Connection_Reuse=YES", "encrypt connection_reuse=YES"},
+      {"encrypt protocols=", "encrypt protocols="},
+      {"secure servername=nexthop", "secure servername=nexthop"},
+      {"verify tafile=/a.pem tafile=/b.pem", "verify tafile=/a.pem tafile=/b.pem"},
+      {"encrypt tafile=/a.pem", "!tafile= only applies"},
+      // Postfix 3.9: raw public keys.
+      {"dane-only enable_rpk=yes", "dane-only enable_rpk=yes"},
+      {"encrypt enable_rpk=maybe", "!enable_rpk=maybe must be yes or no"},
+      // Postfix 3.10 TLSRPT attributes, as the MTA-STS peers send them.
+      {"secure match=mx.example.com:.example.net servername=hostname policy_type=sts policy_domain=example.com "
+       "mx_host_pattern=mx.example.com mx_host_pattern=*.example.net { policy_string = version: STSv1 } "
+       "{ policy_string = mode: enforce }",
+       "secure match=mx.example.com:.example.net servername=hostname policy_type=sts policy_domain=example.com "
+       "mx_host_pattern=mx.example.com mx_host_pattern=*.example.net { policy_string = version: STSv1 } "
+       "{ policy_string = mode: enforce }"},
+      {"may policy_type=no-policy-found policy_domain=example.com",
+       "may policy_type=no-policy-found policy_domain=example.com"},
+      {"secure policy_type=sts policy_failure=sts-webpki-invalid", "secure policy_type=sts policy_failure=sts-webpki-invalid"},
+      {"secure mx_host_pattern=mx.example.com", "!need policy_type="},
+      {"secure policy_type=tlsa", "!policy_type=tlsa must be sts or no-policy-found"},
+      {"secure policy_type=sts policy_type=sts", "!given twice"},
+      {"secure policy_type=sts policy_failure=timeout", "!policy_failure=timeout must be"},
+      {"secure policy_type=sts policy_domain=exa_mple..com", "!is not a domain name"},
+      {"secure policy_type=sts { policy_string = x", "!without its"},
       {"secure match=example.com tafile=/etc/ssl/ta.pem", "secure match=example.com tafile=/etc/ssl/ta.pem"},
       {"fingerprint match=3D:95:34:51:24:66:33:B9:D2:40:99:C0:C1:17:0B:D1",
        "fingerprint match=3D:95:34:51:24:66:33:B9:D2:40:99:C0:C1:17:0B:D1"},

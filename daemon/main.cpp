@@ -21,6 +21,7 @@
 
 #include "daemon/listen.hpp"
 #include "daemon/log.hpp"
+#include "daemon/metrics.hpp"
 #include "daemon/reload.hpp"
 #include "policy/config.hpp"
 #include "policy/holder.hpp"
@@ -185,6 +186,7 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<std::string> unix_paths;
+  std::string where_metrics;
   // Socket activation (tlspolicyd.socket): systemd passes the socketmap
   // listeners, already bound; daemon.socketmap is then not bound here. The
   // milter always binds its own (libmilter opens its socket from a string).
@@ -219,6 +221,15 @@ int main(int argc, char** argv) {
     std::string err;
     if (!milter_open(d.milter, d, holder, log_line, &err)) fatal(fmt::format("milter {}: {}", d.milter, err));
   }
+  std::unique_ptr<Metrics> metrics;
+  if (!d.metrics.empty()) {
+    try {
+      metrics = std::make_unique<Metrics>(d.metrics, holder);
+    } catch (const std::exception& e) {
+      fatal(fmt::format("metrics {}: {}", d.metrics, e.what()));
+    }
+    where_metrics = "; metrics on http://" + d.metrics.substr(5) + "/metrics";
+  }
   drop_privileges(d);
   // Every later reload runs as this user: a file it cannot read now would
   // make each of them fail, so say so before serving anything.
@@ -245,6 +256,7 @@ int main(int argc, char** argv) {
       log_line(LOG_ERR, fmt::format("reload failed with {} error(s): still serving the previous policy", r.errors.size()));
       sd_notifyf(0, "READY=1\nSTATUS=reload failed with %zu error(s): still serving the previous policy",
                  r.errors.size());
+      stats().reloads_failed.add();
       return;
     }
     const auto& nd = r.snapshot->settings.daemon;
@@ -257,6 +269,9 @@ int main(int argc, char** argv) {
     auto old = server.set_policy(r.snapshot);
     holder.store(r.snapshot);
     reloader.set_current(r.snapshot);
+    if (metrics) metrics->retire(*old);
+    stats().reloads_ok.add();
+    stats().loaded_unix = ::time(nullptr);
     reloader.retire(std::move(old));
     log_line(LOG_INFO, fmt::format("reloaded {}: {}; {:.1f} ms", config, r.snapshot->summary(), ms));
     sd_notifyf(0, "READY=1\nSTATUS=serving: %s", r.snapshot->summary().c_str());
@@ -279,6 +294,8 @@ int main(int argc, char** argv) {
   });
 
   if (!d.milter.empty()) where += "; milter on " + d.milter;
+  where += where_metrics;
+  stats().loaded_unix = ::time(nullptr);
   log_line(LOG_INFO, fmt::format("started: {}; {:.1f} ms; socketmap on {}", first.snapshot->summary(), load_ms, where));
   // The server, the milter's holder and the reloader hold the start's
   // snapshot now; this reference would keep it alive after every reload.

@@ -27,6 +27,7 @@
 #include <cstring>
 
 #include "milter/session.hpp"
+#include "policy/stats.hpp"
 
 namespace tlspolicy {
 
@@ -110,6 +111,7 @@ Conn& conn(SMFICTX* ctx) {
 }
 
 void report_failure(const char* stage, const char* what) noexcept {
+  stats().milter_errors.add();
   try {
     g_log(LOG_ERR, fmt::format("milter: {}: {}: applying failure_action", stage, what));
   } catch (...) {
@@ -183,6 +185,7 @@ sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned
 }
 
 sfsistat on_connect(SMFICTX* ctx, char*, _SOCK_ADDR* sa) {
+  stats().milter_sessions.add();
   return call(ctx, "connect", [&](Session& s, Mta& mta) {
     std::optional<IpAddr> ip;
     if (sa && sa->sa_family == AF_INET) {

@@ -1,6 +1,8 @@
 // See session.hpp.
 #include "milter/session.hpp"
 
+#include "policy/stats.hpp"
+
 #include <fmt/format.h>
 #include <syslog.h>
 
@@ -102,8 +104,10 @@ Verdict2 Session::enforce(const Verdict& v, const std::string& what, Mta& mta) {
     std::string line = fmt::format("monitor: would reject {} ({}): {} ({})", what, tls, v.reply, why);
     mta.log(LOG_NOTICE, line);
     notes_.push_back(line);
+    stats().milter_would_reject.add();
     return Verdict2::go_on;
   }
+  (v.action == Action::reject ? stats().milter_reject : stats().milter_tempfail).add();
   mta.log(LOG_NOTICE, fmt::format("{} {} ({}): {} ({})", action_name(v.action), what, tls, v.reply, why));
   mta.set_reply(v.reply);
   return v.action == Action::reject ? Verdict2::reject : Verdict2::tempfail;
@@ -127,6 +131,7 @@ void Session::end_of_message(Mta& mta) {
                         : strictest_ == Level::none    ? std::string()
                                                         : m.header_try;
     if (!value.empty()) mta.insert_header(0, m.header, value);
+    if (!value.empty()) (enforces_tls(strictest_) ? stats().milter_require : stats().milter_try).add();
     mta.log(LOG_INFO, fmt::format("{}: outbound from=<{}>: {}: {} (strictest level {})", qid, sender_, m.header,
                                   value.empty() ? "none added" : value, level_name(strictest_)));
   }

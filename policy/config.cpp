@@ -64,7 +64,7 @@ constexpr Key kDaemonKeys[] = {
     {"group", Type::string},          {"socket_owner", Type::string}, {"socket_group", Type::string},
     {"socket_mode", Type::string},    {"idle_timeout", Type::integer}, {"max_connections", Type::integer},
     {"log_all_lookups", Type::boolean}, {"log_rule_lookups", Type::boolean},
-    {"reload_guard", Type::integer},
+    {"reload_guard", Type::integer},  {"metrics", Type::string},  {"control", Type::string},
 };
 constexpr Key kMilterKeys[] = {
     {"header", Type::string},          {"header_require", Type::string},
@@ -513,6 +513,21 @@ void Loader::read_daemon(const Setting& g) {
       d.socketmap.push_back(it.text);
     }
   }
+  if (g.exists("metrics")) {
+    d.metrics = g["metrics"].c_str();
+    auto p = check_endpoint(d.metrics);
+    if (!d.metrics.empty() && (!p.empty() || !d.metrics.starts_with("inet:")))
+      error(g["metrics"], fmt::format("metrics = \"{}\": use inet:IP:PORT, e.g. inet:127.0.0.1:9464 (HTTP, "
+                                      "on loopback: the counters are for your monitoring, not the world)",
+                                      d.metrics));
+  }
+  if (g.exists("control")) {
+    d.control = g["control"].c_str();
+    if (!d.control.empty() && !d.control.starts_with("/"))
+      error(g["control"], fmt::format("control = \"{}\": an absolute path of a unix socket, e.g. "
+                                      "/run/tlspolicyd/control.sock (or \"\" for none)",
+                                      d.control));
+  }
   if (g.exists("milter")) {
     d.milter = g["milter"].c_str();
     auto p = check_endpoint(d.milter);
@@ -705,6 +720,7 @@ LoadResult Loader::run() {
     error(path_, 0, "no rules and no default: an empty or truncated configuration? Add rules, or set "
                     "allow_empty = true; if answering NOTFOUND to everything is what you want");
   result_.files = snap_->files;
+  snap_->rule_hits = std::make_unique<Counter[]>(snap_->rules.size());
   if (result_.errors.empty()) result_.snapshot = std::move(snap_);
   return std::move(result_);
 }

@@ -8,8 +8,11 @@
 #include <string_view>
 #include <vector>
 
+#include <memory>
+
 #include "policy/level.hpp"
 #include "policy/matcher.hpp"
+#include "policy/stats.hpp"
 
 namespace tlspolicy {
 
@@ -51,6 +54,9 @@ struct EntryInfo {
 struct DaemonSettings {
   std::vector<std::string> socketmap{"inet:127.0.0.1:8461"};
   std::string milter;  // "" = no milter
+  std::string metrics;  // "" = no Prometheus endpoint; else inet:IP:PORT
+  // The control socket (tlspolicy status, reload, query --daemon).
+  std::string control = "/run/tlspolicyd/control.sock";
   std::string user, group;
   std::string socket_owner, socket_group;
   unsigned socket_mode = 0660;
@@ -97,6 +103,8 @@ struct Snapshot {
   Matcher outbound_clients;                                // milter direction
   uint32_t default_rule = kNone;
   Settings settings;
+  // Lookups each rule decided, for the metrics (the one mutable part: counters).
+  std::unique_ptr<Counter[]> rule_hits;
 
   std::string_view text(uint32_t entry) const {
     return std::string_view(entry_text).substr(entries[entry].text_off, entries[entry].text_len);

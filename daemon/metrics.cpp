@@ -1,0 +1,146 @@
+// See metrics.hpp. Everything is read at scrape time from relaxed atomics;
+// nothing here runs on the lookup path.
+#include "daemon/metrics.hpp"
+
+#include <fmt/format.h>
+#include <prometheus/collectable.h>
+#include <prometheus/exposer.h>
+#include <prometheus/metric_family.h>
+
+#include "policy/maps.hpp"
+#include "policy/stats.hpp"
+
+namespace tlspolicy {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+class Metrics::Collector : public prometheus::Collectable {
+ public:
+  explicit Collector(const PolicyHolder& holder) : holder_(holder) {}
+
+  void retire(const Snapshot& old) {
+    std::lock_guard lock(mutex_);
+    for (size_t i = 0; i < old.rules.size(); ++i) retired_[old.rules[i].name] += old.rule_hits[i].get();
+  }
+
+  std::vector<MetricFamily> Collect() const override {
+    const Stats& st = stats();
+    std::vector<MetricFamily> out;
+    auto family = [&](std::string name, std::string help, MetricType type) -> MetricFamily& {
+      out.push_back({std::move(name), std::move(help), type, {}});
+      return out.back();
+    };
+    auto counter = [](MetricFamily& f, std::vector<ClientMetric::Label> labels, double v) {
+      ClientMetric m;
+      m.label = std::move(labels);
+      m.counter.value = v;
+      f.metric.push_back(std::move(m));
+    };
+    auto gauge = [](MetricFamily& f, std::vector<ClientMetric::Label> labels, double v) {
+      ClientMetric m;
+      m.label = std::move(labels);
+      m.gauge.value = v;
+      f.metric.push_back(std::move(m));
+    };
+    constexpr const char* kReplies[] = {"ok", "notfound", "temp", "perm"};
+
+    auto& lookups = family("tlspolicy_lookups_total", "Socketmap lookups by map and answer", MetricType::Counter);
+    for (size_t m = 0; m < kMapCount; ++m)
+      for (size_t r = 0; r < kReplyKinds; ++r)
+        counter(lookups, {{"map", std::string(map_name(MapName(m)))}, {"answer", kReplies[r]}},
+                double(st.lookups[m][r].get()));
+    counter(lookups, {{"map", "unknown"}, {"answer", "perm"}}, double(st.unknown_map.get()));
+
+    auto& latency = family("tlspolicy_lookup_duration_seconds", "Time to answer one socketmap lookup",
+                           MetricType::Histogram);
+    for (size_t m = 0; m < kMapCount; ++m) {
+      ClientMetric cm;
+      cm.label = {{"map", std::string(map_name(MapName(m)))}};
+      uint64_t cum = 0;
+      for (size_t b = 0; b < kLatencyBounds.size(); ++b) {
+        cum += st.latency[m].buckets[b].get();
+        cm.histogram.bucket.push_back({cum, kLatencyBounds[b]});
+      }
+      cum += st.latency[m].buckets[kLatencyBounds.size()].get();
+      cm.histogram.bucket.push_back({cum, std::numeric_limits<double>::infinity()});
+      cm.histogram.sample_count = cum;
+      cm.histogram.sample_sum = double(st.latency[m].sum_ns.get()) / 1e9;
+      latency.metric.push_back(std::move(cm));
+    }
+
+    auto& conns = family("tlspolicy_connections_total", "Socketmap connections by what happened to them",
+                         MetricType::Counter);
+    counter(conns, {{"event", "accepted"}}, double(st.connections_accepted.get()));
+    counter(conns, {{"event", "refused"}}, double(st.connections_refused.get()));
+    counter(conns, {{"event", "closed"}}, double(st.connections_closed.get()));
+    auto& open = family("tlspolicy_connections", "Socketmap connections open now", MetricType::Gauge);
+    gauge(open, {}, double(st.connections_accepted.get()) - double(st.connections_closed.get()));
+
+    auto& errors = family("tlspolicy_client_errors_total", "Malformed socketmap requests and timed-out clients",
+                          MetricType::Counter);
+    counter(errors, {{"kind", "malformed"}}, double(st.malformed_requests.get()));
+    counter(errors, {{"kind", "timeout"}}, double(st.timeouts.get()));
+
+    auto& milter = family("tlspolicy_milter_decisions_total",
+                          "Milter decisions: the header written, inbound refusals, monitor mode's would-rejects",
+                          MetricType::Counter);
+    counter(milter, {{"decision", "header_require"}}, double(st.milter_require.get()));
+    counter(milter, {{"decision", "header_try"}}, double(st.milter_try.get()));
+    counter(milter, {{"decision", "reject"}}, double(st.milter_reject.get()));
+    counter(milter, {{"decision", "tempfail"}}, double(st.milter_tempfail.get()));
+    counter(milter, {{"decision", "would_reject"}}, double(st.milter_would_reject.get()));
+    counter(milter, {{"decision", "error"}}, double(st.milter_errors.get()));
+    counter(family("tlspolicy_milter_sessions_total", "Milter connections from the MTA", MetricType::Counter), {},
+            double(st.milter_sessions.get()));
+
+    auto& reloads = family("tlspolicy_reloads_total", "Reloads by result", MetricType::Counter);
+    counter(reloads, {{"result", "ok"}}, double(st.reloads_ok.get()));
+    counter(reloads, {{"result", "failed"}}, double(st.reloads_failed.get()));
+    gauge(family("tlspolicy_policy_loaded_timestamp_seconds", "When the policy being served was loaded (Unix time)",
+                 MetricType::Gauge),
+          {}, double(st.loaded_unix.load(std::memory_order_relaxed)));
+
+    auto snap = holder_.load();
+    if (snap) {
+      auto& rules = family("tlspolicy_policy_rules", "Rules in the policy being served", MetricType::Gauge);
+      gauge(rules, {{"direction", "outbound"}}, double(snap->rule_count(Direction::outbound)));
+      gauge(rules, {{"direction", "inbound"}}, double(snap->rule_count(Direction::inbound)));
+      auto& entries = family("tlspolicy_policy_entries", "Entries (domains, addresses, ranges) in the policy",
+                             MetricType::Gauge);
+      gauge(entries, {{"enforcing", "yes"}}, double(snap->enforcing_entries()));
+      gauge(entries, {{"enforcing", "no"}}, double(snap->entries.size() - snap->enforcing_entries()));
+      std::map<std::string, uint64_t> hits;
+      {
+        std::lock_guard lock(mutex_);
+        hits = retired_;
+      }
+      for (size_t i = 0; i < snap->rules.size(); ++i) hits[snap->rules[i].name] += snap->rule_hits[i].get();
+      auto& h = family("tlspolicy_rule_hits_total", "Socketmap lookups decided by each rule (by rule name)",
+                       MetricType::Counter);
+      for (auto& [name, n] : hits) counter(h, {{"rule", name}}, double(n));
+    }
+    return out;
+  }
+
+ private:
+  const PolicyHolder& holder_;
+  mutable std::mutex mutex_;
+  std::map<std::string, uint64_t> retired_;  // hits of replaced snapshots, by rule name
+};
+
+Metrics::Metrics(const std::string& endpoint, const PolicyHolder& holder)
+    : collector_(std::make_shared<Collector>(holder)) {
+  // "inet:127.0.0.1:9464" -> civetweb's "127.0.0.1:9464"; one worker thread
+  // is plenty for a scrape every few seconds.
+  std::string addr = endpoint.starts_with("inet:") ? endpoint.substr(5) : endpoint;
+  exposer_ = std::make_unique<prometheus::Exposer>(addr, 1);
+  exposer_->RegisterCollectable(collector_);
+}
+
+Metrics::~Metrics() = default;
+
+void Metrics::retire(const Snapshot& old) { collector_->retire(old); }
+
+}  // namespace tlspolicy

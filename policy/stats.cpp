@@ -1,0 +1,11 @@
+// See stats.hpp.
+#include "policy/stats.hpp"
+
+namespace tlspolicy {
+
+Stats& stats() {
+  static Stats s;
+  return s;
+}
+
+}  // namespace tlspolicy

@@ -11,7 +11,11 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <sys/eventfd.h>
+
 #include <atomic>
+#include <future>
+#include <mutex>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -20,6 +24,7 @@
 #include <vector>
 
 #include "daemon/listen.hpp"
+#include "daemon/control.hpp"
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/reload.hpp"
@@ -230,6 +235,17 @@ int main(int argc, char** argv) {
     }
     where_metrics = "; metrics on http://" + d.metrics.substr(5) + "/metrics";
   }
+  ControlServer control;
+  if (!d.control.empty()) {
+    std::string err;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    if (passwd* pw = d.user.empty() ? nullptr : getpwnam(d.user.c_str())) uid = pw->pw_uid, gid = pw->pw_gid;
+    if (!control.open(d.control, uid, gid, &err))
+      log_line(LOG_WARNING, fmt::format("control socket {}: {}: tlspolicy status and reload will not reach this "
+                                        "daemon (daemon.control)",
+                                        d.control, err));
+  }
   drop_privileges(d);
   // Every later reload runs as this user: a file it cannot read now would
   // make each of them fail, so say so before serving anything.
@@ -281,6 +297,78 @@ int main(int argc, char** argv) {
   server.watch(reloader.done_fd(), [&] { reloader.on_done(); });
   if (reloader.inotify_fd() >= 0) server.watch(reloader.inotify_fd(), [&] { reloader.on_inotify(); });
   if (reloader.timer_fd() >= 0) server.watch(reloader.timer_fd(), [&] { reloader.on_timer(); });
+  // The control socket's requests: status is read under a lock; a reload is
+  // handed to the event loop through an eventfd, its outcome comes back
+  // through a promise.
+  struct ReloadAsk {
+    bool forced;
+    std::promise<std::pair<bool, std::string>> done;
+  };
+  std::mutex asks_mutex;
+  std::vector<std::shared_ptr<ReloadAsk>> asks;
+  std::atomic<bool> stopping{false};
+  int ask_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  server.watch(ask_fd, [&] {
+    uint64_t v;
+    (void)!::read(ask_fd, &v, sizeof v);
+    std::vector<std::shared_ptr<ReloadAsk>> taken;
+    {
+      std::lock_guard lock(asks_mutex);
+      taken.swap(asks);
+    }
+    for (auto& a : taken)
+      reloader.request(a->forced ? "tlspolicy reload --force (the shrink guard does not apply)" : "tlspolicy reload",
+                       a->forced, [a](bool ok, const std::string& text) { a->done.set_value({ok, text}); });
+  });
+  auto started_at = ::time(nullptr);
+  ControlServer::Hooks hooks;
+  hooks.status = [&]() -> std::string {
+    auto snap = holder.load();
+    const Stats& st = stats();
+    auto loaded = time_t(st.loaded_unix.load());
+    char when[64];
+    std::tm tm{};
+    localtime_r(&loaded, &tm);
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    std::string out = fmt::format("config: {}\npid: {}; up {} s\nserving since: {} ({} s ago)\npolicy: {}\n", config,
+                                  getpid(), ::time(nullptr) - started_at, when, ::time(nullptr) - loaded,
+                                  snap ? snap->summary() : "none");
+    if (snap) {
+      out += "files:\n";
+      for (auto& f : snap->files) out += "  " + f + "\n";
+    }
+    uint64_t ok = 0, nf = 0, temp = 0, perm = st.unknown_map.get();
+    for (size_t m = 0; m < kMapCount; ++m)
+      ok += st.lookups[m][0].get(), nf += st.lookups[m][1].get(), temp += st.lookups[m][2].get(),
+          perm += st.lookups[m][3].get();
+    out += fmt::format("reloads: {} ok, {} failed\n", st.reloads_ok.get(), st.reloads_failed.get());
+    out += fmt::format("socketmap: {} connections open ({} accepted, {} refused at the limit); lookups {} OK, {} "
+                       "NOTFOUND, {} TEMP, {} PERM; {} malformed\n",
+                       st.connections_accepted.get() - st.connections_closed.get(), st.connections_accepted.get(),
+                       st.connections_refused.get(), ok, nf, temp, perm, st.malformed_requests.get());
+    out += fmt::format("milter: {} sessions; headers {} Require, {} Try; {} rejected, {} tempfailed, {} would-reject "
+                       "(monitor), {} errors\n",
+                       st.milter_sessions.get(), st.milter_require.get(), st.milter_try.get(), st.milter_reject.get(),
+                       st.milter_tempfail.get(), st.milter_would_reject.get(), st.milter_errors.get());
+    return out;
+  };
+  hooks.reload = [&](bool forced) -> std::pair<bool, std::string> {
+    auto a = std::make_shared<ReloadAsk>();
+    a->forced = forced;
+    auto f = a->done.get_future();
+    {
+      std::lock_guard lock(asks_mutex);
+      asks.push_back(a);
+    }
+    uint64_t one = 1;
+    (void)!::write(ask_fd, &one, sizeof one);
+    for (int i = 0; i < 1200; ++i) {  // two minutes: a 1M-rule list loads in one second
+      if (f.wait_for(std::chrono::milliseconds(100)) == std::future_status::ready) return f.get();
+      if (stopping) break;
+    }
+    return {false, "no outcome: the daemon is stopping or the reload takes too long\n"};
+  };
+  control.start(holder, std::move(hooks));
   server.watch(sigfd, [&] {
     signalfd_siginfo si;
     while (::read(sigfd, &si, sizeof si) == sizeof si) {
@@ -307,6 +395,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     fatal(e.what());
   }
+  stopping = true;
+  control.stop();
   for (auto& p : unix_paths) ::unlink(p.c_str());
   if (!pidfile.empty()) ::unlink(pidfile.c_str());  // fails quietly once privileges are dropped
   if (milter_thread.joinable()) {

@@ -218,14 +218,17 @@ void Reloader::recheck() {
     }
 }
 
-void Reloader::request(const std::string& why, bool forced) {
+void Reloader::request(const std::string& why, bool forced, Waiter waiter) {
   log_line(LOG_INFO, fmt::format("reloading: {}", why));
+  if (waiter) next_waiters_.push_back(std::move(waiter));
   if (running_) {
     pending_ = true;
     pending_forced_ |= forced;
     return;
   }
   running_ = true;
+  running_waiters_ = std::move(next_waiters_);
+  next_waiters_.clear();
   sd_notifyf(0, "RELOADING=1\nSTATUS=reloading: %s", why.c_str());
   if (worker_.joinable()) worker_.join();
   std::shared_ptr<const Snapshot> current;
@@ -284,7 +287,20 @@ void Reloader::on_done() {
   }
   running_ = false;
   watch_files(r.files, r.snapshot != nullptr);  // a failed load keeps watching the old files too
+  bool ok = r.snapshot != nullptr;
+  std::string text;
+  if (!running_waiters_.empty()) {
+    if (ok) {
+      text = fmt::format("reloaded {}: {}; {:.1f} ms\n", config_, r.snapshot->summary(), ms);
+    } else {
+      for (auto& e : r.errors) text += e.located() + "\n";
+      text += fmt::format("reload failed with {} error(s): still serving the previous policy\n", r.errors.size());
+    }
+    for (auto& w : r.warnings) text = w.text("warning") + "\n" + text;
+  }
   on_done_(std::move(r), ms);
+  for (auto& w : running_waiters_) w(ok, text);
+  running_waiters_.clear();
   if (pending_) {
     bool forced = pending_forced_;
     pending_ = pending_forced_ = false;

@@ -45,9 +45,12 @@ class Reloader {
 
   // Watches these files (adding to those already watched unless replace).
   void watch_files(const std::vector<std::string>& files, bool replace = true);
+  // Told the outcome of the reload a request led to: whether the new policy
+  // is served, and the log's words for it. Runs on the event loop.
+  using Waiter = std::function<void(bool ok, const std::string& text)>;
   // Starts a reload now (or queues one behind the running one). forced skips
   // the shrink guard: for SIGHUP, the admin's explicit request.
-  void request(const std::string& why, bool forced = false);
+  void request(const std::string& why, bool forced = false, Waiter waiter = {});
   // A file changed: reload once the files have been quiet for kSettle.
   void changed(const std::string& why);
   void on_inotify();
@@ -80,6 +83,7 @@ class Reloader {
   std::map<std::string, Stamp> stamps_;                  // every file read, as the last load saw it
   std::thread worker_, reaper_;
   bool running_ = false, pending_ = false, pending_forced_ = false;
+  std::vector<Waiter> next_waiters_, running_waiters_;
   bool watching_ = false;  // the first watch_files() has run
   // A change waiting for the files to settle.
   bool settling_ = false;

@@ -175,6 +175,17 @@ def main():
         check("metrics: the latency histogram's +Inf bucket equals its count",
               bucket_inf == get(after, "tlspolicy_lookup_duration_seconds_count", map="tls-policy"))
 
+        # Every metric the shipped Grafana dashboard queries exists.
+        import json
+        import re
+        dash = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "contrib", "grafana-tlspolicyd.json")
+        exprs = [t["expr"] for p in json.load(open(dash))["panels"] for t in p["targets"]]
+        used = set(re.findall(r"tlspolicy_[a-z_]+", " ".join(exprs)))
+        names = {n for (n, _) in after}
+        missing = sorted(u for u in used if u not in names)
+        check(f"metrics: the {len(used)} metrics contrib/grafana-tlspolicyd.json uses are all exported", not missing,
+              f"missing {missing}")
+
         # The control socket, through the tlspolicy command.
         rc, out = cli("status", "-c", conf)
         check("control: tlspolicy status answers", rc == 0 and "serving since" in out and "2 outbound rules" in out,

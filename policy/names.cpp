@@ -91,18 +91,31 @@ std::optional<std::string> idn_to_ascii(std::string_view domain, std::string* wh
   return ascii;
 }
 
+// Longer UTF-8 names cannot be valid (at most 253 bytes as A-labels); they
+// are not worth libidn2's time (tens of microseconds per call).
+constexpr size_t kMaxUtf8Domain = 1024;
+
 std::string idn_key(std::string_view domain) {
+  if (domain.size() > kMaxUtf8Domain) return lowercase(domain);
   if (auto a = idn_to_ascii(domain, nullptr)) return *a;
+  // Label by label from the top-level one down: the trie walks the same
+  // way, so below the first label libidn2 refuses nothing can match, and
+  // the rest stays as it is (so do labels once the name is too long).
   std::string out;
-  for (size_t start = 0;;) {
-    size_t dot = domain.find('.', start);
-    auto label = domain.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+  for (size_t end = domain.size();;) {
+    size_t dot = end == 0 ? std::string_view::npos : domain.rfind('.', end - 1);
+    size_t start = dot == std::string_view::npos ? 0 : dot + 1;
+    auto label = domain.substr(start, end - start);
     std::optional<std::string> a;
-    if (has_non_ascii(label)) a = idn_to_ascii(label, nullptr);
-    out += a ? *a : lowercase(label);
+    if (!has_non_ascii(label))
+      a = lowercase(label);
+    else if (out.size() <= 253)
+      a = idn_to_ascii(label, nullptr);
+    if (!a) return lowercase(domain.substr(0, end)) + out;
+    out.insert(0, *a);
     if (dot == std::string_view::npos) return out;
-    out += '.';
-    start = dot + 1;
+    out.insert(0, ".");
+    end = dot;
   }
 }
 

@@ -15,14 +15,15 @@
 
 namespace tlspolicy {
 
+// File names come from the configuration (to_lists = ...): printable().
 std::string Diagnostic::located() const {
-  if (line > 0) return fmt::format("{}:{}: {}", file, line, message);
-  return fmt::format("{}: {}", file, message);
+  if (line > 0) return fmt::format("{}:{}: {}", printable(file), line, message);
+  return fmt::format("{}: {}", printable(file), message);
 }
 
 std::string Diagnostic::text(std::string_view severity) const {
-  if (line > 0) return fmt::format("{}:{}: {}: {}", file, line, severity, message);
-  return fmt::format("{}: {}: {}", file, severity, message);
+  if (line > 0) return fmt::format("{}:{}: {}: {}", printable(file), line, severity, message);
+  return fmt::format("{}: {}: {}", printable(file), severity, message);
 }
 
 namespace {
@@ -325,7 +326,8 @@ void Loader::add_entries(const Setting& r, const char* key, const char* lists_ke
 }
 
 std::string rule_name(const Setting& r, const char* dir, int index) {
-  if (r.exists("name") && r["name"].getType() == Setting::TypeString) return r["name"].c_str();
+  // The name is only ever shown (explain, logs): keep it printable there.
+  if (r.exists("name") && r["name"].getType() == Setting::TypeString) return printable(r["name"].c_str());
   return fmt::format("{} rule #{}", dir, index + 1);
 }
 

@@ -333,6 +333,25 @@ TEST_CASE("control characters in entries and keys are escaped in messages") {
   CHECK(text.find('\r') == std::string::npos);
 }
 
+TEST_CASE("rule and list file names with control characters are escaped too") {
+  std::string dir;
+  auto r = testing::load_text("outbound = ( { name = \"red\\x1b[31m\"; level = \"encrypt\"; to_lists = \"l\\x01\"; } );\n",
+                              {{"l\x01", "ok.test\nbad..test\n"}}, &dir);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].text() == dir + "/l\\x01:2: error: empty label in \"bad..test\": perhaps you meant \"bad.test\"");
+  auto ok = testing::load_text("default = \"may\";\noutbound = ( { name = \"red\\x1b[31m\"; level = \"encrypt\"; "
+                               "to_lists = \"l\\x01\"; } );\n",
+                               {{"l\x01", "ok.test\n"}}, &dir);
+  REQUIRE(ok.snapshot);
+  Answer a = query(*ok.snapshot, MapName::tls_policy, "ok.test", true);
+  std::string text = explain_text(*ok.snapshot, MapName::tls_policy, "ok.test", a);
+  INFO(printable(text));
+  CHECK(text.find("decided by rule \"red\\x1b[31m\"") != std::string::npos);
+  CHECK(text.find("at " + dir + "/l\\x01:1 matched") != std::string::npos);
+  CHECK(text.find('\x1b') == std::string::npos);
+  CHECK(text.find('\x01') == std::string::npos);
+}
+
 // Known gap, kept as an expected failure: Postfix converts names with ICU's
 // UTS #46 processing, which accepts symbols that IDNA 2008 (libidn2)
 // disallows, such as U+2764 in "i\u2764.ws" (a registered name). libidn2

@@ -363,3 +363,14 @@ TEST_CASE("known gap: a name IDNA 2008 refuses does not match its A-label rule",
   REQUIRE(r.snapshot);
   CHECK(query(*r.snapshot, MapName::tls_policy, "i\u2764.ws").value == "encrypt");
 }
+
+TEST_CASE("a U-label and an A-label entry are one key: two policies conflict") {
+  std::string dir;
+  auto r = testing::load_text("outbound = (\n { name = \"a\"; level = \"encrypt\"; to = \"bücher.test\"; },\n"
+                              " { name = \"b\"; level = \"may\"; to = \"XN--BCHER-KVA.test\"; } );\n",
+                              {}, &dir);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].text() == dir + "/tlspolicy.conf:3: error: \"XN--BCHER-KVA.test\" (destination list of rule "
+                                    "\"b\": may) conflicts with \"bücher.test\" at " + dir +
+                                    "/tlspolicy.conf:2 (rule \"a\": encrypt): one key, two policies; remove one of them");
+}

@@ -91,8 +91,9 @@ std::optional<std::string> idn_to_ascii(std::string_view domain, std::string* wh
   return ascii;
 }
 
-// Longer UTF-8 names cannot be valid (at most 253 bytes as A-labels); they
-// are not worth libidn2's time (tens of microseconds per call).
+// A valid name is at most 253 bytes as A-labels; its UTF-8 form can be
+// longer, but not four times longer in any real name. Longer keys are not
+// worth libidn2's time (tens of microseconds per call).
 constexpr size_t kMaxUtf8Domain = 1024;
 
 std::string idn_key(std::string_view domain) {

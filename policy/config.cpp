@@ -19,14 +19,15 @@
 
 namespace tlspolicy {
 
+// File names come from the configuration (to_lists = ...): printable().
 std::string Diagnostic::located() const {
-  if (line > 0) return fmt::format("{}:{}: {}", file, line, message);
-  return fmt::format("{}: {}", file, message);
+  if (line > 0) return fmt::format("{}:{}: {}", printable(file), line, message);
+  return fmt::format("{}: {}", printable(file), message);
 }
 
 std::string Diagnostic::text(std::string_view severity) const {
-  if (line > 0) return fmt::format("{}:{}: {}: {}", file, line, severity, message);
-  return fmt::format("{}: {}: {}", file, severity, message);
+  if (line > 0) return fmt::format("{}:{}: {}: {}", printable(file), line, severity, message);
+  return fmt::format("{}: {}: {}", printable(file), severity, message);
 }
 
 namespace {
@@ -106,6 +107,23 @@ long long as_int(const Setting& s) {
   return s.getType() == Setting::TypeInt64 ? static_cast<long long>(s) : static_cast<int>(s);
 }
 
+constexpr std::string_view kUtf8Bom = "\xEF\xBB\xBF";
+
+// libconfig takes a UTF-8 byte order mark for a syntax error: read such a
+// file without it (the mark is on line 1, so line numbers stay right; the
+// settings then carry no file name, and Loader::file_of() names the file).
+void read_config_file(libconfig::Config& cfg, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[3] = {};
+  if (in.read(head, 3) && std::string_view(head, 3) == kUtf8Bom) {
+    std::ostringstream rest;
+    rest << in.rdbuf();
+    cfg.readString(rest.str());
+  } else {
+    cfg.readFile(path.c_str());
+  }
+}
+
 struct Item {
   std::string text;
   std::string file;
@@ -122,15 +140,17 @@ class Loader {
   LoadResult run();
 
  private:
+  // Messages quote entries and values from files: printable() keeps their
+  // control characters off the admin's terminal and out of the log.
   void error(const std::string& file, int line, std::string msg) {
     if (result_.errors.size() < kMaxErrors)
-      result_.errors.push_back({file, line, std::move(msg)});
+      result_.errors.push_back({file, line, printable(msg)});
     else
       too_many_ = true;
   }
   void error(const Setting& s, std::string msg) { error(file_of(s), int(s.getSourceLine()), std::move(msg)); }
   void warn(const Setting& s, std::string msg) {
-    result_.warnings.push_back({file_of(s), int(s.getSourceLine()), std::move(msg)});
+    result_.warnings.push_back({file_of(s), int(s.getSourceLine()), printable(msg)});
   }
   std::string file_of(const Setting& s) const { return source_name(s.getSourceFile()); }
   // libconfig names files as opened, relative to the config's directory (see
@@ -301,6 +321,7 @@ void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, D
       std::string_view l(data.data() + pos, nl - pos);
       pos = nl + 1;
       ++line;
+      if (line == 1 && l.starts_with(kUtf8Bom)) l.remove_prefix(kUtf8Bom.size());  // Windows editors add it
       // A '#' starts a comment at the start of a line or after white space.
       for (size_t h = l.find('#'); h != std::string_view::npos; h = l.find('#', h + 1))
         if (h == 0 || l[h - 1] == ' ' || l[h - 1] == '\t') {
@@ -328,7 +349,8 @@ void Loader::add_entries(const Setting& r, const char* key, const char* lists_ke
 }
 
 std::string rule_name(const Setting& r, const char* dir, int index) {
-  if (r.exists("name") && r["name"].getType() == Setting::TypeString) return r["name"].c_str();
+  // The name is only ever shown (explain, logs): keep it printable there.
+  if (r.exists("name") && r["name"].getType() == Setting::TypeString) return printable(r["name"].c_str());
   return fmt::format("{} rule #{}", dir, index + 1);
 }
 
@@ -666,10 +688,10 @@ void Loader::parse(libconfig::Config& cfg) {
         // Cannot happen on Linux short of a seccomp filter: fall back to
         // libconfig's include directory (absolute includes then fail).
         cfg.setIncludeDir(dir_.c_str());
-        cfg.readFile(path_.c_str());
+        read_config_file(cfg, path_);
         return;
       }
-      cfg.readFile(base.c_str());
+      read_config_file(cfg, base);
     } catch (...) {
       failed = std::current_exception();
     }

@@ -105,7 +105,9 @@ void DomainTrie::visit(std::string_view key, bool sub_only, F&& f) const {
   while (end > 0) {
     size_t dot = key.rfind('.', end - 1);
     size_t start = dot == std::string_view::npos ? 0 : dot + 1;
-    if (start == end) return;  // empty label: not a domain
+    // An empty label ("x..partner.test"): not a domain, but whatever it is,
+    // it is below the parents walked so far, so their rules still apply.
+    if (start == end) break;
     const Edge* e = find(n, key.substr(start, end - start));
     if (!e) break;
     n = e->child;

@@ -47,7 +47,8 @@ void add_default(const Snapshot& s, std::vector<Step>* trail) {
 
 // Splits a next-hop key into an IP address or a host name, Postfix style:
 // "[192.0.2.1]", "[192.0.2.1]:2525", "[ipv6:2001:db8::1]", "host:port",
-// ".parent", "example.com.".
+// ".parent", "example.com." (any number of trailing dots: "a.b.." is no
+// other name than "a.b", and must not escape its rules).
 struct NextHop {
   std::optional<IpAddr> ip;
   std::string_view host;
@@ -64,6 +65,7 @@ std::optional<NextHop> parse_next_hop(std::string_view k) {
     auto inner = k.substr(1, close - 1);
     if (inner.starts_with("ipv6:")) inner.remove_prefix(5);
     h.ip = parse_ip(inner);
+    while (inner.ends_with(".")) inner.remove_suffix(1);
     if (!h.ip) h.host = inner;
     return h;
   }
@@ -79,10 +81,14 @@ std::optional<NextHop> parse_next_hop(std::string_view k) {
     h.sub_only = true;
     k.remove_prefix(1);
   }
-  if (k.ends_with(".")) k.remove_suffix(1);
+  while (k.ends_with(".")) k.remove_suffix(1);
   h.host = k;
   return h;
 }
+
+// Keys with U-labels (SMTPUTF8 mail: "bücher.test", "[bücher.test]:25")
+// may be this much longer than the A-label name they convert to.
+constexpr size_t kMaxUtf8Key = 1024;
 
 Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
   Answer a;
@@ -90,8 +96,18 @@ Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
   if (key.empty()) return a;
   // No domain is longer than 253 bytes: a longer key matches no rule.
   size_t len = key.size() < sizeof buf ? key.size() : 0;
-  for (size_t i = 0; i < len; ++i) buf[i] = ascii_lower(key[i]);
+  unsigned char high = 0;  // any byte >= 0x80: a UTF-8 name, converted below
+  for (size_t i = 0; i < len; ++i) {
+    buf[i] = ascii_lower(key[i]);
+    high |= uint8_t(key[i]);
+  }
   std::string_view k(buf, len);
+  std::string long_key;
+  if (len == 0 && key.size() <= kMaxUtf8Key && has_non_ascii(key)) {
+    long_key = lowercase(key);
+    k = long_key;
+    high = 0x80;
+  }
   std::vector<Step> trail;
   Collector c{explain ? &trail : nullptr, kNone, s};
   if (k.empty()) {
@@ -99,10 +115,16 @@ Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
     auto addr = normalize_address(k, s.settings.recipient_delimiter);
     s.destinations.visit_address(addr, c);
   } else if (auto hop = parse_next_hop(k)) {
-    if (hop->ip)
+    std::string ascii;  // the host name in A-labels, for a UTF-8 key only
+    if (hop->ip) {
       s.destinations.visit_ip(*hop->ip, c);
-    else if (!hop->host.empty())
+    } else if (!hop->host.empty()) {
+      if (high & 0x80) {
+        ascii = idn_key(hop->host);
+        hop->host = ascii;
+      }
       s.destinations.visit_domain(hop->host, hop->sub_only, c);
+    }
   }
   add_default(s, c.trail);
   uint32_t rule = c.first != kNone ? s.entries[c.first].rule : s.default_rule;
@@ -478,7 +500,7 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain)
 }
 
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a) {
-  std::string out = fmt::format("{} {}: {}\n", map_name(map), key, a.found ? a.value : "NOTFOUND");
+  std::string out = fmt::format("{} {}: {}\n", map_name(map), printable(key), a.found ? a.value : "NOTFOUND");
   bool first = true;
   for (auto& st : a.trail) {
     const Rule& r = s.rules[st.rule];
@@ -493,9 +515,9 @@ std::string explain_text(const Snapshot& s, MapName map, std::string_view key, c
     if (st.entry == kNone)
       how = r.is_default && map != MapName::inbound ? "the default" : fmt::format("rule \"{}\"", r.name);
     else {
-      how = fmt::format("rule \"{}\" ({}), entry \"{}\" at {} matched {}", r.name, s.where(r), s.text(st.entry),
-                        s.where_entry(st.entry), hit_kind_words(st.kind));
-      if (!st.matched.empty()) how += " " + st.matched;
+      how = fmt::format("rule \"{}\" ({}), entry \"{}\" at {} matched {}", r.name, s.where(r),
+                        printable(s.text(st.entry)), s.where_entry(st.entry), hit_kind_words(st.kind));
+      if (!st.matched.empty()) how += " " + printable(st.matched);
       if (st.kind == HitKind::cidr) how += fmt::format(" (/{})", st.prefix);
     }
     if (st.entry == kNone) how += fmt::format(" ({})", s.where(r));

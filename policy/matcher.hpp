@@ -61,8 +61,11 @@ class Matcher {
     if (go_on && any_ != kNone) f(Hit{any_, HitKind::any, {}});
   }
 
+  // An IPv4-mapped address (a milter client on a dual-stack socket) is
+  // looked up as the IPv4 address it stands for.
   template <class F>
-  void visit_ip(const IpAddr& a, F&& f) const {
+  void visit_ip(const IpAddr& ip, F&& f) const {
+    const IpAddr a = ip.v6 ? unmap_v4(ip) : ip;
     (a.v6 ? v6_ : v4_).visit(a, [&](uint32_t v, int prefix) {
       return f(Hit{v, HitKind::cidr, {}, prefix});
     });

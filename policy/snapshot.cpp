@@ -28,10 +28,10 @@ int protocol_rank(std::string_view v) {
   return 0;
 }
 
-std::string Snapshot::where(const Rule& r) const { return fmt::format("{}:{}", files[r.file], r.line); }
+std::string Snapshot::where(const Rule& r) const { return fmt::format("{}:{}", printable(files[r.file]), r.line); }
 
 std::string Snapshot::where_entry(uint32_t e) const {
-  return fmt::format("{}:{}", files[entries[e].file], entries[e].line);
+  return fmt::format("{}:{}", printable(files[entries[e].file]), entries[e].line);
 }
 
 size_t Snapshot::rule_count(Direction d) const {

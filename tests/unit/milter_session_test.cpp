@@ -196,4 +196,34 @@ TEST_CASE("client address: IPv4-mapped IPv6 is the IPv4 client for rules and log
   for (auto& l : mta.logs) logged |= l.find("client=198.51.100.9 from=<p@partner.test>") != std::string::npos;
   INFO("logs: " << (mta.logs.empty() ? "" : mta.logs.back()));
   CHECK(logged);
+
+TEST_CASE("IDN addresses and IPv4-mapped clients through the session") {
+  PolicyHolder holder;
+  auto r = testing::load_text(R"(
+outbound = ( { level = "encrypt"; to = [ "bücher.test" ]; } );
+inbound = ( { from = [ "*@xn--mller-kva.test" ]; } );
+milter = { outbound_clients = [ "10.0.0.0/8" ]; };
+)");
+  for (auto& e : r.errors) FAIL(e.text());
+  REQUIRE(r.snapshot);
+  holder.store(r.snapshot);
+  // An IPv4 client seen on a dual-stack socket: libmilter hands over a
+  // sockaddr_in6 holding ::ffff:10.1.2.3 (built here as the milter does).
+  IpAddr mapped;
+  mapped.v6 = true;
+  mapped.bytes = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3};
+  FakeMta mta;
+  Session s(holder);
+  s.connect(mapped, mta);
+  REQUIRE(s.mail("<a@ours.test>", mta) == Verdict2::go_on);
+  CHECK(s.outbound());
+  REQUIRE(s.rcpt("<user@BÜCHER.test>", mta) == Verdict2::go_on);
+  s.end_of_message(mta);
+  REQUIRE(mta.edits.size() == 1);
+  CHECK(mta.edits[0] == "insert 0 X-TLSLevel: Require");
+  // Inbound: a UTF-8 sender at a domain whose rule is written as an A-label.
+  FakeMta in;
+  Session t(holder);
+  t.connect(ip("198.51.100.1"), in);
+  CHECK(t.mail("<x@Müller.test>", in) == Verdict2::reject);
 }

@@ -113,9 +113,12 @@ std::string idn_key(std::string_view domain) {
     else if (out.size() <= 253)
       a = idn_to_ascii(label, nullptr);
     if (!a) return lowercase(domain.substr(0, end)) + out;
-    out.insert(0, *a);
+    // Prepended by building anew: GCC 12 at -O3 reports a false -Wrestrict
+    // for out.insert(0, ...).
+    a->append(out);
+    out = std::move(*a);
     if (dot == std::string_view::npos) return out;
-    out.insert(0, ".");
+    out = "." + out;
     end = dot;
   }
 }

@@ -196,6 +196,7 @@ TEST_CASE("client address: IPv4-mapped IPv6 is the IPv4 client for rules and log
   for (auto& l : mta.logs) logged |= l.find("client=198.51.100.9 from=<p@partner.test>") != std::string::npos;
   INFO("logs: " << (mta.logs.empty() ? "" : mta.logs.back()));
   CHECK(logged);
+}
 
 TEST_CASE("IDN addresses and IPv4-mapped clients through the session") {
   PolicyHolder holder;

@@ -7,6 +7,8 @@ set -u
 bin=$(command -v "$1" || true); case $1 in */*) bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1");; esac
 update=${2:-}
 cd "$(dirname "$0")"
+# check compares default with Postfix's level: pin it (postfix/main.cf, may).
+MAIL_CONFIG=$(pwd)/postfix; export MAIL_CONFIG
 fail=0
 run_case() {  # name, command...
   ref=$1.ref; shift

@@ -33,7 +33,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: tlspolicy check [-c FILE] [-v] [--postconf-dir DIR]\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--explain] KEY...\n"
-    "       tlspolicy query [-c FILE] [-m MAP] -      (keys from stdin, key<TAB>value out)\n"
+    "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "maps: tls-policy (default), transport, sender-transport, inbound\n"
     "default FILE: /etc/tlspolicy/tlspolicy.conf\n";
 
@@ -227,9 +227,10 @@ bool answer_lines(const Snapshot& s, MapName map, std::string_view data, std::st
 // exit 0 if any was found. Input is read in blocks, and a block's lines are
 // answered by one thread per core (the snapshot is immutable and shared), so
 // memory stays bounded and a big batch uses the whole machine.
-int query_stream(const Snapshot& s, MapName map, FILE* in) {
+// threads = 0: one per core, at most 8.
+int query_stream(const Snapshot& s, MapName map, FILE* in, unsigned threads) {
   const size_t kBlock = 4 << 20;
-  unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   std::string carry, block;
   std::vector<char> buf(kBlock);
   std::vector<std::string> outs(threads);
@@ -280,10 +281,11 @@ int main(int argc, char** argv) {
   MapName map = MapName::tls_policy;
   bool explain = false, verbose = false;
   std::string postconf_dir;
+  unsigned threads = 0;
   std::vector<std::string> keys;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "-c" || a == "-m" || a == "--postconf-dir") && i + 1 >= argc)
+    if ((a == "-c" || a == "-m" || a == "--postconf-dir" || a == "--threads") && i + 1 >= argc)
       return usage(fmt::format("{} needs a value", a).c_str());
     if (a == "-c") {
       config = argv[++i];
@@ -291,6 +293,12 @@ int main(int argc, char** argv) {
       postconf_dir = argv[++i];
     } else if (a == "-v" && cmd == "check") {
       verbose = true;
+    } else if (a == "--threads" && cmd == "query") {
+      std::string n = argv[++i];
+      if (n.empty() || n.size() > 3 || n.find_first_not_of("0123456789") != std::string::npos || std::stoi(n) < 1 ||
+          std::stoi(n) > 256)
+        return usage(fmt::format("--threads {}: want a number of threads, 1 to 256", n).c_str());
+      threads = unsigned(std::stoi(n));
     } else if (a == "-m") {
       auto m = parse_map_name(argv[++i]);
       if (!m) return usage(fmt::format("unknown map \"{}\" (maps: {})", argv[i], kMapNames).c_str());
@@ -314,7 +322,7 @@ int main(int argc, char** argv) {
   if (keys.empty()) return usage("query needs a KEY (or - for keys on stdin)");
   auto snap = load(config, false);
   if (!snap) return 2;
-  if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin);
+  if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);
   bool any = false;
   for (auto& k : keys) {
     Answer a = query(*snap, map, k, explain);

@@ -200,14 +200,17 @@ nk=$(nkeys_of cidr.keys)
 rate() { awk -v n="$1" -v w="$2" 'BEGIN { printf "%.0f", n / w }'; }
 fmt_rate() { awk -v r="$1" 'BEGIN { if (r >= 1e6) printf "%.2fM", r / 1e6; else printf "%.0fk", r / 1e3 }'; }
 row() {   # row LABEL ENGINE NAME REFNAME BUILD
-    local name=$3 ref=$4 r rr net
+    local name=$3 ref=$4 r rr net cr crr
     r=$(rate "$nk" "${WALL[$name]}")
     rr=$(rate "$nk" "${WALL[$ref]}")
     net=$(awk -v n="$nk" -v w="${WALL[$name]}" -v l="${LOAD[$name]}" \
         'BEGIN { d = w - l; if (d <= 0) print "-"; else if (n/d >= 1e6) printf "%.2fM", n/d/1e6; else printf "%.0fk", n/d/1e3 }')
-    printf '%-12s %-16s %10s %8s %12s %7s %9s %9s %9s %8s %9s\n' "$1" "$2" \
+    cr=$(awk -v n="$nk" -v c="${CPU[$name]}" 'BEGIN { printf "%.0f", (c > 0 ? n / c : 0) }')
+    crr=$(awk -v n="$nk" -v c="${CPU[$ref]}" 'BEGIN { printf "%.0f", (c > 0 ? n / c : 0) }')
+    printf '%-12s %-16s %10s %8s %12s %7s %10s %8s %9s %9s %9s %8s %9s\n' "$1" "$2" \
         "$(fmt_rate "$r")" "$(awk -v a="$r" -v b="$rr" 'BEGIN { printf "%.2fx", a / b }')" \
-        "$net" "${CPU[$name]}" "$(awk -v w="${LOAD[$name]}" 'BEGIN { printf "%.3f", w }')" \
+        "$net" "${CPU[$name]}" "$(fmt_rate "$cr")" "$(awk -v a="$cr" -v b="$crr" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')" \
+        "$(awk -v w="${LOAD[$name]}" 'BEGIN { printf "%.3f", w }')" \
         "$(awk -v k="${RSS[$name]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "$(awk -v k="${LRSS[$name]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "${FOUND[$name]}" "$5"
@@ -220,8 +223,8 @@ echo "tlspolicy: $tp_info (repo HEAD $(git -C "$root" --no-optional-locks rev-pa
 if [ -n "${rss_note:-}" ]; then echo "$rss_note"; fi
 if [ "${QUICK:-0}" = 1 ]; then echo "QUICK=1: few keys, one run; figures and goals are indicative only"; fi
 echo
-printf '%-12s %-16s %10s %8s %12s %7s %9s %9s %9s %8s %9s\n' \
-    "table" "engine" "lookups/s" "ratio" "excl.load/s" "cpu s" "load s" "peak MB" "load MB" "found" "build s"
+printf '%-12s %-16s %10s %8s %12s %7s %10s %8s %9s %9s %9s %8s %9s\n' \
+    "table" "engine" "lookups/s" "ratio" "excl.load/s" "cpu s" "per cpu-s" "ratio" "load s" "peak MB" "load MB" "found" "build s"
 for s in $SIZES; do
     label="$s dom"
     row "$label" "tlspolicy 1 thr" "tlspolicy-1t/$s" "postmap-cdb/$s" "-"
@@ -235,7 +238,8 @@ row "$NCIDR cidr" "tlspolicy all" "tlspolicy/cidr" "postmap-cidr/cidr" "-"
 row "$NCIDR cidr" "postmap cidr" "postmap-cidr/cidr" "postmap-cidr/cidr" "-"
 echo
 echo "tlspolicy 1 thr: query --threads 1 (equal CPU with postmap and with the daemon); all: one thread per core ($(nproc) here, at most 8)."
-echo "ratio: vs postmap cdb of the same table (CIDR: vs postmap cidr). excl.load/s = keys / (wall - load). cpu s: user+sys of the best run."
+echo "ratio: vs postmap cdb of the same table (CIDR: vs postmap cidr). excl.load/s = keys / (wall - load). cpu s: user+sys of the best run;"
+echo "per cpu-s: keys / cpu s, and its ratio: the equal-CPU comparison that holds on a busy shared machine."
 echo "peak MB: peak RSS of the batch run; load MB: of the run with no keys."
 echo "load s: wall time with no keys. tlspolicy check reports (parse+build only):$(for s in $SIZES; do printf ' %s dom %s ms,' "$s" "${CHECKMS[$s]}"; done) $NCIDR cidr ${CHECKMS[0]} ms."
 echo "keys: domains as smtp_tls_policy_maps sends them; CIDR: tlspolicy gets \"[a.b.c.d]\", postmap cidr: gets the bare IP \"a.b.c.d\"."

@@ -178,7 +178,7 @@ void compare_with_postfix(const Snapshot& s, const std::string& postconf_dir, bo
     note(fmt::format("default not compared with Postfix's smtp_tls_security_level: {}", why));
     return;
   }
-  const std::string& maincf = (*got)[0] + "/main.cf";
+  std::string maincf = (*got)[0] + "/main.cf";
   std::string value = (*got)[1];
   // Postfix reads only the first word as the level; empty means none (or
   // the obsolete smtp_use_tls/smtp_enforce_tls, not compared here).

@@ -6,6 +6,10 @@
 # generated entries and the same keys:
 #   tlspolicy query -c FILE -          vs  postmap -q - cdb:/hash:/lmdb:FILE
 #   (domain tables of 1k, 100k, 1M rules)   (Postfix's tables, same entries)
+#   each tlspolicy batch twice: on all cores (query - answers a block of keys
+#   on one thread per core, at most 8) and with --threads 1, at equal CPU
+#   with single-threaded postmap (and with the daemon, which is single-
+#   threaded too); the ratios and goals use the --threads 1 figures.
 #   tlspolicy query (10k /24 CIDRs,    vs  postmap -q - cidr:FILE
 #   keys "[a.b.c.d]")                      (keys as bare IPs "a.b.c.d")
 # Each batch: NKEYS keys on stdin (half hits, half misses, shuffled), output
@@ -70,18 +74,18 @@ if [ "$(cat main.cf 2>/dev/null)" != "compatibility_level = 3.6" ]; then
 fi
 
 # ---- measurement helpers
-# run_once INPUT OUTFILE CMD... -> sets W (wall s) and M (peak RSS KB).
+# run_once INPUT OUTFILE CMD... -> sets W (wall s), M (peak RSS KB), C (CPU s, user+sys).
 # Exit 1 means "nothing found" for both tools, but postmap also exits 1 (after
 # a 1 s sleep) on fatal errors, so anything on stderr counts as a failure.
 if [ -x /usr/bin/time ] && [ "${NO_GNU_TIME:-0}" != 1 ]; then   # NO_GNU_TIME=1: use the fallback
     run_once() {
         local in=$1 out=$2 rc=0 t0 t1; shift 2
         t0=$EPOCHREALTIME
-        /usr/bin/time -f '%M' -o rss.tmp "$@" < "$in" > "$out" 2> err.tmp || rc=$?
+        /usr/bin/time -f '%M %U %S' -o rss.tmp "$@" < "$in" > "$out" 2> err.tmp || rc=$?
         t1=$EPOCHREALTIME
         if [ $rc -gt 1 ] || [ -s err.tmp ]; then cat err.tmp >&2; die "failed (rc $rc): $*"; fi
         W=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
-        M=$(tail -n 1 rss.tmp)
+        read -r M C < <(tail -n 1 rss.tmp | awk '{ printf "%s %.2f\n", $1, $2 + $3 }')
     }
 else   # no GNU time: python wrapper times the child and reads its ru_maxrss
     # (which keeps the ~10 MB high-water mark of the forking python: a floor)
@@ -93,19 +97,20 @@ import resource, subprocess, sys, time
 t0 = time.perf_counter()
 rc = subprocess.call(sys.argv[3:], stdin=open(sys.argv[1]), stdout=open(sys.argv[2], "w"), stderr=open("err.tmp", "w"))
 w = time.perf_counter() - t0
-print("%d %.4f %d" % (rc, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("%d %.4f %d %.2f" % (rc, w, ru.ru_maxrss, ru.ru_utime + ru.ru_stime))
 ' "$in" "$out" "$@")
-        read -r rc W M <<< "$res"
+        read -r rc W M C <<< "$res"
         if [ "$rc" -gt 1 ] || [ -s err.tmp ]; then cat err.tmp >&2; die "failed (rc $rc): $*"; fi
     }
 fi
 
 # bench NAME KEYFILE CMD... : warm-up run (counts found keys), then up to REPEAT
 # timed runs to /dev/null, then REPEAT empty-stdin runs (load time).
-# Sets FOUND[NAME] WALL[NAME] RSS[NAME] LOAD[NAME] LRSS[NAME]
-declare -A FOUND WALL RSS LOAD LRSS BUILD
+# Sets FOUND[NAME] WALL[NAME] CPU[NAME] (of the best run) RSS[NAME] LOAD[NAME] LRSS[NAME]
+declare -A FOUND WALL CPU RSS LOAD LRSS BUILD
 bench() {
-    local name=$1 keys=$2 i bw bm=0 lw lm=0; shift 2
+    local name=$1 keys=$2 i bw bc bm=0 lw lm=0; shift 2
     printf '  %-28s' "$name" >&2
     run_once "$keys" found.tmp "$@"
     FOUND[$name]=$(wc -l < found.tmp)
@@ -113,12 +118,12 @@ bench() {
     # A slow batch (> 2 s: postmap cidr/hash/lmdb) is its own warm-up; writing
     # its output to a file costs nothing measurable, so it counts as run 1.
     if awk -v w="$W" 'BEGIN { exit !(w > 2) }'; then
-        bw=$W bm=$M i=1
+        bw=$W bc=$C bm=$M i=1
         printf ' %6.3fs' "$W" >&2
     fi
     for ((; i < REPEAT; i++)); do
         run_once "$keys" /dev/null "$@"
-        if [ -z "${bw:-}" ] || awk -v a="$W" -v b="$bw" 'BEGIN { exit !(a < b) }'; then bw=$W; fi
+        if [ -z "${bw:-}" ] || awk -v a="$W" -v b="$bw" 'BEGIN { exit !(a < b) }'; then bw=$W bc=$C; fi
         if [ "$M" -gt "$bm" ]; then bm=$M; fi
         printf ' %6.3fs' "$W" >&2
     done
@@ -128,7 +133,7 @@ bench() {
         if [ "$M" -gt "$lm" ]; then lm=$M; fi
     done
     printf '   load %6.3fs  found %s\n' "$lw" "${FOUND[$name]}" >&2
-    WALL[$name]=$bw RSS[$name]=$bm LOAD[$name]=$lw LRSS[$name]=$lm
+    WALL[$name]=$bw CPU[$name]=$bc RSS[$name]=$bm LOAD[$name]=$lw LRSS[$name]=$lm
 }
 
 build() {   # build TYPE SRC -> BUILD[TYPE:SRC] seconds
@@ -161,9 +166,12 @@ for s in $SIZES; do
     chk=$("$TP" check -c "dom-$s.conf") || die "tlspolicy check dom-$s.conf failed"
     CHECKMS[s]=$(sed -n 's/.* in \([0-9.]*\) ms.*/\1/p' <<< "$chk")
     bench "tlspolicy/$s" "dom-$s.keys" "$TP" query -c "dom-$s.conf" -
+    bench "tlspolicy-1t/$s" "dom-$s.keys" "$TP" query -c "dom-$s.conf" --threads 1 -
     for t in cdb hash lmdb; do
         bench "postmap-$t/$s" "dom-$s.keys" postmap -c "$OUT" -q - "$t:dom-$s.map"
     done
+    [ "${FOUND[tlspolicy-1t/$s]}" = "${FOUND[tlspolicy/$s]}" ] ||
+        errors+=("MISMATCH $s domains: tlspolicy --threads 1 found ${FOUND[tlspolicy-1t/$s]}, all cores ${FOUND[tlspolicy/$s]}")
     if [ "${FOUND[tlspolicy/$s]}" != "${FOUND[postmap-cdb/$s]}" ]; then
         errors+=("MISMATCH $s domains: tlspolicy found ${FOUND[tlspolicy/$s]}, postmap cdb found ${FOUND[postmap-cdb/$s]}")
         echo "!!! ${errors[-1]}" >&2
@@ -178,6 +186,9 @@ echo "CIDR, $NCIDR /24 rules:" >&2
 chk=$("$TP" check -c cidr.conf) || die "tlspolicy check cidr.conf failed"
 CHECKMS[0]=$(sed -n 's/.* in \([0-9.]*\) ms.*/\1/p' <<< "$chk")
 bench "tlspolicy/cidr" cidr.keys "$TP" query -c cidr.conf -
+bench "tlspolicy-1t/cidr" cidr.keys "$TP" query -c cidr.conf --threads 1 -
+[ "${FOUND[tlspolicy-1t/cidr]}" = "${FOUND[tlspolicy/cidr]}" ] ||
+    errors+=("MISMATCH CIDR: tlspolicy --threads 1 found ${FOUND[tlspolicy-1t/cidr]}, all cores ${FOUND[tlspolicy/cidr]}")
 bench "postmap-cidr/cidr" cidr-bare.keys postmap -c "$OUT" -q - cidr:cidr.map
 if [ "${FOUND[tlspolicy/cidr]}" != "${FOUND[postmap-cidr/cidr]}" ]; then
     errors+=("MISMATCH CIDR: tlspolicy found ${FOUND[tlspolicy/cidr]}, postmap cidr found ${FOUND[postmap-cidr/cidr]}")
@@ -189,14 +200,17 @@ nk=$(nkeys_of cidr.keys)
 rate() { awk -v n="$1" -v w="$2" 'BEGIN { printf "%.0f", n / w }'; }
 fmt_rate() { awk -v r="$1" 'BEGIN { if (r >= 1e6) printf "%.2fM", r / 1e6; else printf "%.0fk", r / 1e3 }'; }
 row() {   # row LABEL ENGINE NAME REFNAME BUILD
-    local name=$3 ref=$4 r rr net
+    local name=$3 ref=$4 r rr net cr crr
     r=$(rate "$nk" "${WALL[$name]}")
     rr=$(rate "$nk" "${WALL[$ref]}")
     net=$(awk -v n="$nk" -v w="${WALL[$name]}" -v l="${LOAD[$name]}" \
         'BEGIN { d = w - l; if (d <= 0) print "-"; else if (n/d >= 1e6) printf "%.2fM", n/d/1e6; else printf "%.0fk", n/d/1e3 }')
-    printf '%-12s %-14s %10s %8s %12s %9s %9s %9s %8s %9s\n' "$1" "$2" \
+    cr=$(awk -v n="$nk" -v c="${CPU[$name]}" 'BEGIN { printf "%.0f", (c > 0 ? n / c : 0) }')
+    crr=$(awk -v n="$nk" -v c="${CPU[$ref]}" 'BEGIN { printf "%.0f", (c > 0 ? n / c : 0) }')
+    printf '%-12s %-16s %10s %8s %12s %7s %10s %8s %9s %9s %9s %8s %9s\n' "$1" "$2" \
         "$(fmt_rate "$r")" "$(awk -v a="$r" -v b="$rr" 'BEGIN { printf "%.2fx", a / b }')" \
-        "$net" "$(awk -v w="${LOAD[$name]}" 'BEGIN { printf "%.3f", w }')" \
+        "$net" "${CPU[$name]}" "$(fmt_rate "$cr")" "$(awk -v a="$cr" -v b="$crr" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')" \
+        "$(awk -v w="${LOAD[$name]}" 'BEGIN { printf "%.3f", w }')" \
         "$(awk -v k="${RSS[$name]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "$(awk -v k="${LRSS[$name]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "${FOUND[$name]}" "$5"
@@ -209,19 +223,23 @@ echo "tlspolicy: $tp_info (repo HEAD $(git -C "$root" --no-optional-locks rev-pa
 if [ -n "${rss_note:-}" ]; then echo "$rss_note"; fi
 if [ "${QUICK:-0}" = 1 ]; then echo "QUICK=1: few keys, one run; figures and goals are indicative only"; fi
 echo
-printf '%-12s %-14s %10s %8s %12s %9s %9s %9s %8s %9s\n' \
-    "table" "engine" "lookups/s" "ratio" "excl.load/s" "load s" "peak MB" "load MB" "found" "build s"
+printf '%-12s %-16s %10s %8s %12s %7s %10s %8s %9s %9s %9s %8s %9s\n' \
+    "table" "engine" "lookups/s" "ratio" "excl.load/s" "cpu s" "per cpu-s" "ratio" "load s" "peak MB" "load MB" "found" "build s"
 for s in $SIZES; do
     label="$s dom"
-    row "$label" "tlspolicy" "tlspolicy/$s" "postmap-cdb/$s" "-"
+    row "$label" "tlspolicy 1 thr" "tlspolicy-1t/$s" "postmap-cdb/$s" "-"
+    row "$label" "tlspolicy all" "tlspolicy/$s" "postmap-cdb/$s" "-"
     for t in cdb hash lmdb; do
         row "$label" "postmap $t" "postmap-$t/$s" "postmap-cdb/$s" "${BUILD[$t:dom-$s.map]}"
     done
 done
-row "$NCIDR cidr" "tlspolicy" "tlspolicy/cidr" "postmap-cidr/cidr" "-"
+row "$NCIDR cidr" "tlspolicy 1 thr" "tlspolicy-1t/cidr" "postmap-cidr/cidr" "-"
+row "$NCIDR cidr" "tlspolicy all" "tlspolicy/cidr" "postmap-cidr/cidr" "-"
 row "$NCIDR cidr" "postmap cidr" "postmap-cidr/cidr" "postmap-cidr/cidr" "-"
 echo
-echo "ratio: vs postmap cdb of the same table (CIDR: vs postmap cidr). excl.load/s = keys / (wall - load)."
+echo "tlspolicy 1 thr: query --threads 1 (equal CPU with postmap and with the daemon); all: one thread per core ($(nproc) here, at most 8)."
+echo "ratio: vs postmap cdb of the same table (CIDR: vs postmap cidr). excl.load/s = keys / (wall - load). cpu s: user+sys of the best run;"
+echo "per cpu-s: keys / cpu s, and its ratio: the equal-CPU comparison that holds on a busy shared machine."
 echo "peak MB: peak RSS of the batch run; load MB: of the run with no keys."
 echo "load s: wall time with no keys. tlspolicy check reports (parse+build only):$(for s in $SIZES; do printf ' %s dom %s ms,' "$s" "${CHECKMS[$s]}"; done) $NCIDR cidr ${CHECKMS[0]} ms."
 echo "keys: domains as smtp_tls_policy_maps sends them; CIDR: tlspolicy gets \"[a.b.c.d]\", postmap cidr: gets the bare IP \"a.b.c.d\"."
@@ -231,18 +249,24 @@ echo "found: tlspolicy vs postmap cdb:$(for s in $SIZES; do printf ' %s dom %s/%
 echo
 goal() { printf '%-5s %s\n' "$1" "$2"; }
 has() { [[ " $SIZES " == *" $1 "* ]]; }
+echo "goals at equal CPU (tlspolicy --threads 1); all cores in brackets"
+allx() {   # allx NAME REF -> "[all cores: RATE/s = Nx]"
+    local a b
+    a=$(rate "$nk" "${WALL[$1]}"); b=$(rate "$nk" "${WALL[$2]}")
+    awk -v a="$a" -v b="$b" -v r="$(fmt_rate "$a")" 'BEGIN { printf "[all cores: %s/s = %.2fx]", r, a / b }'
+}
 if has 100000; then
-    a=$(rate "$nk" "${WALL[tlspolicy/100000]}"); b=$(rate "$nk" "${WALL[postmap-cdb/100000]}")
+    a=$(rate "$nk" "${WALL[tlspolicy-1t/100000]}"); b=$(rate "$nk" "${WALL[postmap-cdb/100000]}")
     x=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')
     goal "$(awk -v x="$x" 'BEGIN { print (x >= 2) ? "PASS" : "MISS" }')" \
-        "goal 1: >= 2x postmap cdb on 100k domains: $(fmt_rate "$a")/s vs $(fmt_rate "$b")/s = ${x}x"
+        "goal 1: >= 2x postmap cdb on 100k domains: $(fmt_rate "$a")/s vs $(fmt_rate "$b")/s = ${x}x $(allx tlspolicy/100000 postmap-cdb/100000)"
 else
     goal "n/a" "goal 1: needs SIZES with 100000"
 fi
-a=$(rate "$nk" "${WALL[tlspolicy/cidr]}"); b=$(rate "$nk" "${WALL[postmap-cidr/cidr]}")
+a=$(rate "$nk" "${WALL[tlspolicy-1t/cidr]}"); b=$(rate "$nk" "${WALL[postmap-cidr/cidr]}")
 x=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.1f", a / b }')
 goal "$(awk -v x="$x" 'BEGIN { print (x >= 100) ? "PASS" : "MISS" }')" \
-    "goal 2: >= 100x postmap cidr on $NCIDR CIDRs: $(fmt_rate "$a")/s vs $(fmt_rate "$b")/s = ${x}x"
+    "goal 2: >= 100x postmap cidr on $NCIDR CIDRs: $(fmt_rate "$a")/s vs $(fmt_rate "$b")/s = ${x}x $(allx tlspolicy/cidr postmap-cidr/cidr)"
 if has 1000000; then
     lw=${LOAD[tlspolicy/1000000]}
     bpr=$(awk -v m="${LRSS[tlspolicy/1000000]}" -v z="$base_rss" 'BEGIN { printf "%.0f", (m - z) * 1024 / 1e6 }')

@@ -1,29 +1,39 @@
 // tlspolicy: the admin command. `check` loads the configuration the way the
-// daemon does; `query` answers a key exactly as the daemon answers Postfix
-// (same snapshot, same query()), with --explain saying which rule decided.
+// daemon does (and compares `default` with Postfix's own level); `query`
+// answers a key exactly as the daemon answers Postfix (same snapshot, same
+// query()), with --explain saying which rule decided.
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "policy/config.hpp"
+#include "policy/level.hpp"
 #include "policy/maps.hpp"
+
+extern char** environ;
 
 using namespace tlspolicy;
 
 namespace {
 
 constexpr const char* kUsage =
-    "usage: tlspolicy check [-c FILE]\n"
+    "usage: tlspolicy check [-c FILE] [-v] [--postconf-dir DIR]\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--explain] KEY...\n"
-    "       tlspolicy query [-c FILE] [-m MAP] -      (keys from stdin, key<TAB>value out)\n"
+    "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "maps: tls-policy (default), transport, sender-transport, inbound\n"
     "default FILE: /etc/tlspolicy/tlspolicy.conf\n";
 
@@ -70,6 +80,127 @@ std::shared_ptr<const Snapshot> load(const std::string& path, bool verbose) {
   return r.snapshot;
 }
 
+// Runs `postconf [-c DIR] -hx NAME...` (from PATH, else /usr/sbin) and
+// returns its output lines; nullopt with *why when postconf is missing or fails.
+std::optional<std::vector<std::string>> postconf(const std::string& dir, const std::vector<std::string>& names,
+                                                 std::string* why) {
+  std::string prog;
+  std::string path = getenv("PATH") ? getenv("PATH") : "";
+  path += ":/usr/sbin:/sbin";  // a non-root PATH often lacks them
+  for (size_t pos = 0; pos <= path.size();) {
+    size_t end = std::min(path.find(':', pos), path.size());
+    std::string d = path.substr(pos, end - pos);
+    pos = end + 1;
+    if (d.empty()) continue;
+    if (access((d + "/postconf").c_str(), X_OK) == 0) {
+      prog = d + "/postconf";
+      break;
+    }
+  }
+  if (prog.empty()) {
+    *why = "postconf not found (PATH, /usr/sbin)";
+    return std::nullopt;
+  }
+  std::vector<std::string> args{prog};
+  if (!dir.empty()) args.insert(args.end(), {"-c", dir});
+  args.push_back("-hx");
+  args.insert(args.end(), names.begin(), names.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) < 0) {
+    *why = fmt::format("pipe: {}", std::strerror(errno));
+    return std::nullopt;
+  }
+  if (pipe2(err, O_CLOEXEC) < 0) {
+    *why = fmt::format("pipe: {}", std::strerror(errno));
+    close(out[0]), close(out[1]);
+    return std::nullopt;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  pid_t pid;
+  int rc = posix_spawn(&pid, prog.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(out[1]), close(err[1]);
+  // postconf writes a few lines: stdout then stderr fit in the pipes.
+  auto drain = [](int fd) {
+    std::string s;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+      if (n > 0) s.append(buf, size_t(n));
+    close(fd);
+    return s;
+  };
+  std::string text = drain(out[0]), errors = drain(err[0]);
+  int status = 0;
+  if (rc == 0) waitpid(pid, &status, 0);
+  std::string cmd = fmt::format("{}", fmt::join(args, " "));
+  if (rc != 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    // The last line says why (a fatal: after any warnings).
+    while (!errors.empty() && errors.back() == '\n') errors.pop_back();
+    auto line = errors.substr(errors.rfind('\n') + 1);
+    *why = fmt::format("{} failed: {}", cmd, rc != 0 ? std::strerror(rc) : line.empty() ? "no output" : line);
+    return std::nullopt;
+  }
+  std::vector<std::string> lines;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = std::min(text.find('\n', pos), text.size());
+    lines.push_back(text.substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  if (lines.size() != names.size()) {
+    *why = fmt::format("{}: unexpected output \"{}\"", cmd, text);
+    return std::nullopt;
+  }
+  return lines;
+}
+
+// A `default` weaker than main.cf's smtp_tls_security_level downgrades every
+// destination without a rule (e.g. a dane or encrypt site to may): warn, like
+// the load warnings, with the default's file:line. Notes go to stdout (-v).
+void compare_with_postfix(const Snapshot& s, const std::string& postconf_dir, bool verbose) {
+  auto note = [&](const std::string& text) {
+    if (verbose) fmt::print("note: {}\n", text);
+  };
+  if (s.default_rule == kNone) {
+    note("no default: Postfix's own smtp_tls_security_level applies to destinations without a rule");
+    return;
+  }
+  const Rule& def = s.rules[s.default_rule];
+  std::string why;
+  auto got = postconf(postconf_dir, {"config_directory", "smtp_tls_security_level"}, &why);
+  if (!got) {
+    note(fmt::format("default not compared with Postfix's smtp_tls_security_level: {}", why));
+    return;
+  }
+  std::string maincf = (*got)[0] + "/main.cf";
+  std::string value = (*got)[1];
+  // Postfix reads only the first word as the level; empty means none (or
+  // the obsolete smtp_use_tls/smtp_enforce_tls, not compared here).
+  std::string word = value.substr(0, value.find_first_of(" \t,"));
+  auto level = word.empty() ? std::optional<Level>(Level::none) : parse_level(word);
+  if (!level) {
+    note(fmt::format("smtp_tls_security_level = {} in {}: not a level tlspolicy knows; not compared", value,
+                     maincf));
+    return;
+  }
+  if (rank(def.policy.level) < rank(*level)) {
+    fmt::print(stderr,
+               "{}: warning: default = \"{}\" is weaker than Postfix's smtp_tls_security_level = {} ({}): "
+               "every destination without a rule of its own gets {} instead of {}; remove the default "
+               "(Postfix's level then applies) or raise it\n",
+               s.where(def), def.policy.value(), value, maincf, level_name(def.policy.level), level_name(*level));
+    return;
+  }
+  note(fmt::format("default {} is not weaker than Postfix's smtp_tls_security_level = {} ({})", def.policy.value(),
+                   value.empty() ? "(empty: none)" : value, maincf));
+}
+
 // Answers the keys in data (whole lines) into out; returns whether any was found.
 bool answer_lines(const Snapshot& s, MapName map, std::string_view data, std::string& out) {
   bool any = false;
@@ -96,9 +227,10 @@ bool answer_lines(const Snapshot& s, MapName map, std::string_view data, std::st
 // exit 0 if any was found. Input is read in blocks, and a block's lines are
 // answered by one thread per core (the snapshot is immutable and shared), so
 // memory stays bounded and a big batch uses the whole machine.
-int query_stream(const Snapshot& s, MapName map, FILE* in) {
+// threads = 0: one per core, at most 8.
+int query_stream(const Snapshot& s, MapName map, FILE* in, unsigned threads) {
   const size_t kBlock = 4 << 20;
-  unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   std::string carry, block;
   std::vector<char> buf(kBlock);
   std::vector<std::string> outs(threads);
@@ -147,13 +279,26 @@ int main(int argc, char** argv) {
   }
   std::string config = kDefaultConfig;
   MapName map = MapName::tls_policy;
-  bool explain = false;
+  bool explain = false, verbose = false;
+  std::string postconf_dir;
+  unsigned threads = 0;
   std::vector<std::string> keys;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "-c" || a == "-m") && i + 1 >= argc) return usage(fmt::format("{} needs a value", a).c_str());
+    if ((a == "-c" || a == "-m" || a == "--postconf-dir" || a == "--threads") && i + 1 >= argc)
+      return usage(fmt::format("{} needs a value", a).c_str());
     if (a == "-c") {
       config = argv[++i];
+    } else if (a == "--postconf-dir" && cmd == "check") {
+      postconf_dir = argv[++i];
+    } else if (a == "-v" && cmd == "check") {
+      verbose = true;
+    } else if (a == "--threads" && cmd == "query") {
+      std::string n = argv[++i];
+      if (n.empty() || n.size() > 3 || n.find_first_not_of("0123456789") != std::string::npos || std::stoi(n) < 1 ||
+          std::stoi(n) > 256)
+        return usage(fmt::format("--threads {}: want a number of threads, 1 to 256", n).c_str());
+      threads = unsigned(std::stoi(n));
     } else if (a == "-m") {
       auto m = parse_map_name(argv[++i]);
       if (!m) return usage(fmt::format("unknown map \"{}\" (maps: {})", argv[i], kMapNames).c_str());
@@ -168,13 +313,16 @@ int main(int argc, char** argv) {
   }
   if (cmd == "check") {
     if (!keys.empty()) return usage("check takes no keys");
-    return load(config, true) ? 0 : 1;
+    auto snap = load(config, true);
+    if (!snap) return 1;
+    compare_with_postfix(*snap, postconf_dir, verbose);
+    return 0;
   }
   if (cmd != "query") return usage(fmt::format("unknown command \"{}\"", cmd).c_str());
   if (keys.empty()) return usage("query needs a KEY (or - for keys on stdin)");
   auto snap = load(config, false);
   if (!snap) return 2;
-  if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin);
+  if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);
   bool any = false;
   for (auto& k : keys) {
     Answer a = query(*snap, map, k, explain);

@@ -32,6 +32,7 @@ struct SocketmapServer::Conn {
   Clock::time_point last_active = Clock::now();
   Clock::time_point partial_since{};  // when an incomplete request started
   bool closing = false;               // error sent: close once flushed
+  bool keep_idle = false;             // asked the access map: Sendmail never reconnects
   uint32_t events = 0;
 };
 
@@ -174,6 +175,7 @@ void SocketmapServer::on_readable(Conn& c) {
   NetstringReader::Status st;
   while ((st = c.in.next(&req)) == NetstringReader::Status::ok) {
     SocketmapReply r = answer_socketmap(*policy_, req);
+    c.keep_idle |= r.map == MapName::sendmail_access && r.known_map;
     log_lookup(req, r);
     append_netstring(c.out, r.payload);
     if (c.out.size() - c.out_pos > kMaxPendingOutput) break;  // let the client read first
@@ -247,12 +249,14 @@ void SocketmapServer::close_conn(int fd) {
   resume_listeners();  // a descriptor is free again
 }
 
-// Closes idle connections and requests that trickle in too slowly.
+// Closes idle connections and requests that trickle in too slowly. Not
+// idle Sendmail ones: a Sendmail process keeps its map connection for life
+// and its next lookup on a closed one fails (451) instead of reconnecting.
 void SocketmapServer::sweep() {
   auto now = Clock::now();
   std::vector<int> doomed;
   for (auto& [fd, c] : conns_) {
-    bool idle = now - c->last_active > opt_.idle_timeout;
+    bool idle = !c->keep_idle && now - c->last_active > opt_.idle_timeout;
     bool slow = c->partial_since != Clock::time_point{} && now - c->partial_since > opt_.idle_timeout;
     if (idle || slow) doomed.push_back(fd);
   }

@@ -7,6 +7,8 @@ set -u
 bin=$(command -v "$1" || true); case $1 in */*) bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1");; esac
 update=${2:-}
 cd "$(dirname "$0")"
+# check compares default with Postfix's level: pin it (postfix/main.cf, may).
+MAIL_CONFIG=$(pwd)/postfix; export MAIL_CONFIG
 fail=0
 run_case() {  # name, command...
   ref=$1.ref; shift
@@ -35,6 +37,23 @@ if printf '%s' "$out" | grep -q "force.list: warning: group or other writable"; 
   echo "ok   check warns about a world-writable list file"
 else
   echo "FAIL check did not warn about a world-writable list file: $out"; fail=1
+fi
+rm -rf "$tmp"
+# query - --threads N: same output in input order on 1 and 4 threads, over
+# several 4 MB blocks each split between the threads; 0 is a usage error.
+tmp=$(mktemp -d)
+awk 'BEGIN { for (i = 0; i < 400000; i++) print (i % 3 ? "host" i ".partner.test" : "nohost" i ".example") }' > "$tmp/keys"
+"$bin" query -c policy.conf -m tls-policy --threads 1 - < "$tmp/keys" > "$tmp/one"; r1=$?
+"$bin" query -c policy.conf -m tls-policy --threads 4 - < "$tmp/keys" > "$tmp/four"; r4=$?
+if [ "$r1$r4" = 00 ] && [ "$(wc -l < "$tmp/one")" -eq 400000 ] && cmp -s "$tmp/one" "$tmp/four"; then
+  echo "ok   query - --threads 1 and --threads 4 agree on 400000 keys"
+else
+  echo "FAIL query - --threads 1 (exit $r1, $(wc -l < "$tmp/one") lines) vs --threads 4 (exit $r4): $(cmp "$tmp/one" "$tmp/four" 2>&1)"; fail=1
+fi
+if "$bin" query -c policy.conf --threads 0 - < /dev/null 2> "$tmp/err"; [ $? -eq 2 ] && grep -q "want a number of threads" "$tmp/err"; then
+  echo "ok   query --threads 0 is a usage error"
+else
+  echo "FAIL query --threads 0: $(cat "$tmp/err")"; fail=1
 fi
 rm -rf "$tmp"
 exit $fail

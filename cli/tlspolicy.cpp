@@ -6,7 +6,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,8 +36,51 @@ constexpr const char* kUsage =
     "usage: tlspolicy check [-c FILE] [-v] [--postconf-dir DIR]\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--explain] KEY...\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
-    "maps: tls-policy (default), transport, sender-transport, inbound\n"
+    "       tlspolicy query --daemon [-c FILE | --socket PATH] [-m MAP] [--explain] KEY...\n"
+    "       tlspolicy status [-c FILE | --socket PATH]\n"
+    "       tlspolicy reload [--force] [-c FILE | --socket PATH]\n"
+    "maps: tls-policy (default), transport, sender-transport, inbound, access\n"
+    "--daemon, status and reload ask the running tlspolicyd over its control socket\n"
+    "(daemon.control in FILE, default /run/tlspolicyd/control.sock)\n"
     "default FILE: /etc/tlspolicy/tlspolicy.conf\n";
+
+// The running daemon's control socket: one request line, the reply until
+// it closes. Returns the reply's first line ("OK", "NOTFOUND", "ERROR") and
+// puts the rest in *body; "" when the daemon cannot be reached.
+std::string ask_daemon(const std::string& path, const std::string& request, std::string* body) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (fd < 0 || path.size() >= sizeof sa.sun_path) {
+    *body = fmt::format("{}: cannot use this socket path\n", path);
+    if (fd >= 0) ::close(fd);
+    return "";
+  }
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
+    *body = fmt::format("{}: {} (is tlspolicyd running, and are you root or its daemon.user?)\n", path,
+                        std::strerror(errno));
+    ::close(fd);
+    return "";
+  }
+  std::string line = request + "\n", reply;
+  (void)!::write(fd, line.data(), line.size());
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) reply.append(buf, size_t(n));
+  ::close(fd);
+  auto nl = reply.find('\n');
+  *body = nl == std::string::npos ? "" : reply.substr(nl + 1);
+  return reply.substr(0, nl);
+}
+
+// Where the daemon listens for control requests: --socket, else the
+// config's daemon.control (its default when the file cannot be loaded).
+std::string control_path(const std::string& socket, const std::string& config) {
+  if (!socket.empty()) return socket;
+  LoadResult r = load_policy(config);
+  return r.snapshot ? r.snapshot->settings.daemon.control : DaemonSettings{}.control;
+}
 
 int usage(const char* problem) {
   if (problem) fmt::print(stderr, "tlspolicy: {}\n", problem);
@@ -282,10 +327,12 @@ int main(int argc, char** argv) {
   bool explain = false, verbose = false;
   std::string postconf_dir;
   unsigned threads = 0;
+  bool daemon = false, force = false;
+  std::string socket;
   std::vector<std::string> keys;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "-c" || a == "-m" || a == "--postconf-dir" || a == "--threads") && i + 1 >= argc)
+    if ((a == "-c" || a == "-m" || a == "--postconf-dir" || a == "--threads" || a == "--socket") && i + 1 >= argc)
       return usage(fmt::format("{} needs a value", a).c_str());
     if (a == "-c") {
       config = argv[++i];
@@ -299,6 +346,12 @@ int main(int argc, char** argv) {
           std::stoi(n) > 256)
         return usage(fmt::format("--threads {}: want a number of threads, 1 to 256", n).c_str());
       threads = unsigned(std::stoi(n));
+    } else if (a == "--daemon" && cmd == "query") {
+      daemon = true;
+    } else if (a == "--force" && cmd == "reload") {
+      force = true;
+    } else if (a == "--socket" && (cmd == "query" || cmd == "status" || cmd == "reload")) {
+      socket = argv[++i];
     } else if (a == "-m") {
       auto m = parse_map_name(argv[++i]);
       if (!m) return usage(fmt::format("unknown map \"{}\" (maps: {})", argv[i], kMapNames).c_str());
@@ -318,8 +371,35 @@ int main(int argc, char** argv) {
     compare_with_postfix(*snap, postconf_dir, verbose);
     return 0;
   }
+  if (cmd == "status" || cmd == "reload") {
+    if (!keys.empty()) return usage(fmt::format("{} takes no keys", cmd).c_str());
+    std::string body;
+    std::string head = ask_daemon(control_path(socket, config), cmd == "status" ? "status" : force ? "reload force" : "reload",
+                                  &body);
+    fmt::print(head == "OK" ? stdout : stderr, "{}", body);
+    return head == "OK" ? 0 : head.empty() ? 2 : 1;
+  }
   if (cmd != "query") return usage(fmt::format("unknown command \"{}\"", cmd).c_str());
   if (keys.empty()) return usage("query needs a KEY (or - for keys on stdin)");
+  if (daemon) {
+    // The snapshot the daemon serves, which may differ from the files now.
+    std::string path = control_path(socket, config);
+    bool any = false;
+    for (auto& k : keys) {
+      std::string body;
+      std::string head = ask_daemon(path, fmt::format("{} {} {}", explain ? "explain" : "query", map_name(map), k), &body);
+      if (head.empty() || head == "ERROR") {
+        fmt::print(stderr, "tlspolicy: {}", body);
+        return 2;
+      }
+      any |= head == "OK";
+      if (explain || keys.size() == 1)
+        fmt::print("{}", body);
+      else if (head == "OK")
+        fmt::print("{}\t{}", k, body);
+    }
+    return any ? 0 : 1;
+  }
   auto snap = load(config, false);
   if (!snap) return 2;
   if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);

@@ -1,8 +1,9 @@
 // See server.hpp for the why. Level-triggered epoll. Each connection's
-// buffers are bounded: it reads only while no complete request waits in its
-// input (backpressure) and answers only while its pending replies are below
-// kMaxPendingOutput; requests held back are answered as the client reads
-// (EPOLLOUT), a bounded amount per round so other clients get their turn.
+// buffers are bounded (Limits): it reads only while no complete request
+// waits in its input (backpressure) and answers only while its pending
+// replies are below max_pending_output; requests held back are answered as
+// the client reads (EPOLLOUT), a bounded amount per round so other clients
+// get their turn.
 #include "socketmap/server.hpp"
 
 #include <fmt/format.h>
@@ -19,10 +20,6 @@
 namespace tlspolicy {
 
 namespace {
-// Requests answered per connection per round (with kReadPerRound and
-// kMaxPendingOutput in server.hpp, fairness: one client pipelining
-// thousands of requests takes its turn like everyone else).
-constexpr int kAnswersPerRound = 2048;
 // Idle connections closed per loop round (each close is a syscall pair and
 // a FIN; 4000 at once held the loop ~60 ms).
 constexpr size_t kClosePerRound = 128;
@@ -144,9 +141,9 @@ void SocketmapServer::add_conn(int fd) {
   conns_[fd] = std::move(c);
 }
 
-size_t SocketmapServer::buffered_bytes() const {
+size_t SocketmapServer::max_buffered_now() const {
   size_t n = 0;
-  for (auto& [fd, c] : conns_) n += c->in.buffered() + c->pending();
+  for (auto& [fd, c] : conns_) n = std::max(n, c->in.buffered() + c->pending());
   return n;
 }
 
@@ -210,12 +207,13 @@ void SocketmapServer::service(Conn& c, uint32_t events) {
   settle(c);
 }
 
-// One read of at most kReadPerRound, never past kMaxInput. Returns false if
-// the connection was closed (read error).
+// One read of at most read_per_round, never past max_input(). Returns false
+// if the connection was closed (read error).
 bool SocketmapServer::read_input(Conn& c) {
-  char buf[kReadPerRound];
-  size_t room = std::min(sizeof buf, kMaxInput - std::min(kMaxInput, c.in.buffered()));
-  if (room == 0) return true;  // cannot happen (see kMaxInput); never grow past it
+  char buf[16 << 10];
+  size_t max_input = limits_.max_input();
+  size_t room = std::min({sizeof buf, limits_.read_per_round, max_input - std::min(max_input, c.in.buffered())});
+  if (room == 0) return true;  // cannot happen (see Limits); never grow past it
   for (;;) {
     ssize_t n = ::read(c.fd, buf, room);
     if (n == 0) {
@@ -235,13 +233,13 @@ bool SocketmapServer::read_input(Conn& c) {
 }
 
 // Answers complete requests from the input while the replies pending stay
-// under kMaxPendingOutput, at most kAnswersPerRound of them.
+// under max_pending_output, at most answers_per_round of them.
 void SocketmapServer::answer(Conn& c) {
   std::string_view req;
   NetstringReader::Status st = NetstringReader::Status::need_more;
-  int budget = kAnswersPerRound;
+  int budget = limits_.answers_per_round;
   c.backlog = false;
-  while (c.pending() <= kMaxPendingOutput) {
+  while (c.pending() <= limits_.max_pending_output) {
     if (budget-- == 0) {
       c.backlog = true;
       break;
@@ -251,7 +249,7 @@ void SocketmapServer::answer(Conn& c) {
     log_lookup(req, r);
     append_netstring(c.out, r.payload);
   }
-  if (c.pending() > kMaxPendingOutput && c.in.buffered() > 0) c.backlog = true;
+  if (c.pending() > limits_.max_pending_output && c.in.buffered() > 0) c.backlog = true;
   if (st == NetstringReader::Status::error) {
     warn(malformed_warning_,
          [&] { return fmt::format("socketmap client: {}: closing connection", printable(c.in.error())); });
@@ -283,7 +281,7 @@ bool SocketmapServer::send_output(Conn& c) {
   if (c.out_pos == c.out.size()) {
     c.out.clear();
     c.out_pos = 0;
-  } else if (c.out_pos > kMaxPendingOutput) {
+  } else if (c.out_pos > limits_.max_pending_output) {
     c.out.erase(0, c.out_pos);  // keep the buffer from creeping
     c.out_pos = 0;
   }
@@ -299,7 +297,7 @@ void SocketmapServer::settle(Conn& c) {
     return;
   }
   uint32_t want = 0;
-  if (!c.eof && !c.backlog && c.pending() <= kMaxPendingOutput) want |= EPOLLIN;
+  if (!c.eof && !c.backlog && c.pending() <= limits_.max_pending_output) want |= EPOLLIN;
   if (c.pending() > 0 || c.backlog) want |= EPOLLOUT;
   if (want == c.events) return;
   c.events = want;

@@ -38,15 +38,22 @@ struct ServerOptions {
 
 class SocketmapServer {
  public:
-  // Per connection: answers held for a client that does not read (answering
-  // stops beyond this); bytes read per loop round; and the input buffer's
-  // bound: reading happens only while no complete request waits, so at most
-  // one incomplete request plus one read is ever buffered.
-  static constexpr size_t kMaxPendingOutput = 64 << 10;
-  static constexpr size_t kReadPerRound = 16 << 10;
-  static constexpr size_t kMaxInput = kMaxRequest + 16 + kReadPerRound;
-  // Output never exceeds the pending bound plus one reply (and its framing).
-  static constexpr size_t kMaxBuffered = kMaxInput + kMaxPendingOutput + kMaxReply + 16;
+  // Per-connection limits. The defaults serve production; the fuzzer shrinks
+  // them so small inputs reach every backpressure path.
+  struct Limits {
+    // Replies held for a client that does not read: answering stops beyond.
+    size_t max_pending_output = 64 << 10;
+    // Bytes read per loop round (at most 16 KiB) and requests answered per
+    // round: one client pipelining thousands of requests takes its turn
+    // like everyone else.
+    size_t read_per_round = 16 << 10;
+    int answers_per_round = 2048;
+    // Reading happens only while no complete request waits, so the input
+    // holds at most one incomplete request plus one read; the output at most
+    // max_pending_output plus one reply.
+    size_t max_input() const { return kMaxRequest + 16 + read_per_round; }
+    size_t max_buffered() const { return max_input() + max_pending_output + kMaxReply + 16; }
+  };
 
   explicit SocketmapServer(ServerOptions opt);
   ~SocketmapServer();
@@ -69,11 +76,13 @@ class SocketmapServer {
   void run_once(int timeout_ms);
   void stop() { running_ = false; }
   size_t connections() const { return conns_.size(); }
+  void set_limits(const Limits& l) { limits_ = l; }
+  const Limits& limits() const { return limits_; }
   // Serves an already connected socket (non-blocking) as a client connection.
   void adopt(int fd);
-  // Bytes held in all connections' input and output buffers (bounded per
-  // connection: kMaxInput in, kMaxPendingOutput plus one reply out).
-  size_t buffered_bytes() const;
+  // The most bytes any one connection holds now, unanswered input plus
+  // unsent replies (at most limits().max_buffered()).
+  size_t max_buffered_now() const;
 
  private:
   struct Conn;
@@ -99,6 +108,7 @@ class SocketmapServer {
   void log_lookup(std::string_view request, const SocketmapReply& r);
 
   ServerOptions opt_;
+  Limits limits_;
   int epfd_ = -1;
   bool running_ = false;
   std::shared_ptr<const Snapshot> policy_;

@@ -26,11 +26,14 @@ constexpr size_t kClosePerRound = 128;
 constexpr auto kWarnEvery = std::chrono::seconds(10);
 using Clock = std::chrono::steady_clock;
 
-// Client-provided text for a log line: printable ASCII only.
-std::string printable(std::string_view s, size_t max = 256) {
+// Client-provided text for a log line: printable ASCII only, at most `max`.
+void append_printable(std::string& out, std::string_view s, size_t max = 256) {
+  for (char c : s.substr(0, max)) out += (c >= ' ' && c <= '~') ? c : '?';
+}
+
+std::string printable(std::string_view s) {
   std::string r;
-  r.reserve(std::min(s.size(), max));
-  for (char c : s.substr(0, max)) r += (c >= ' ' && c <= '~') ? c : '?';
+  append_printable(r, s);
   return r;
 }
 
@@ -161,7 +164,7 @@ void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply&
   line_.clear();
   auto out = std::back_inserter(line_);
   fmt::format_to(out, "lookup {} ", map_name(r.map));
-  line_ += printable(key);
+  append_printable(line_, key);
   fmt::format_to(out, ": {} (", r.payload);
   if (r.answer.rule == kNone) {
     line_ += "no rule)";

@@ -22,6 +22,7 @@ Usage: t_buffers.py TLSPOLICYD
 Prints "ok - ..." / "FAIL - ..." and "# ..." figures; exits 1 on any failure.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -248,6 +249,7 @@ def test_pipelining(d):
 def test_memory(d):
     """Pipelines large-reply requests forever; the daemon's RSS must stay bounded."""
     base = rss_kb(d.p.pid)
+    d.first_bad = time.monotonic()  # the unknown-map client below starts the warnings' 10 s window
     stop = threading.Event()
     block = b"".join(ns("tls-policy fp.test") for _ in range(2000))  # ~1.1 MB of replies
     unknown = b"".join(ns("x" * 60 + f"{i} k") for i in range(1000))  # PERM unknown map name ...
@@ -402,9 +404,13 @@ def test_warnings(d):
             got.extend(r)
     except socket.timeout:
         pass
-    s.close()
     check("10,000 unknown-map and malformed requests all answered with PERM",
           len(got) == len(reqs) and all(g.startswith(b"PERM ") for g in got), f"{len(got)} replies")
+    # Once the memory test's 10 s window is over, one more: whichever line
+    # came last must give the count of those left out (thousands).
+    time.sleep(max(0.0, getattr(d, "first_bad", 0) + 10.5 - time.monotonic()))
+    ask(s, "nosuchmap x")
+    s.close()
     time.sleep(0.5)
     text = d.text()
     # Over the whole run: the memory test's unknown-map client sent many
@@ -413,6 +419,10 @@ def test_warnings(d):
     note(f"{len(lines)} warning lines for over 10,000 bad requests")
     check("client-triggered warnings are rate-limited (1..4 lines for over 10,000)", 1 <= len(lines) <= 4,
           f"{len(lines)} lines: {lines[:3]!r}")
+    last = lines[-1] if lines else ""
+    m = re.search(r"\((\d+) more like this in the last \d+ s, not logged\)$", last)
+    check("the next warning line gives the count of those left out (thousands)",
+          m is not None and int(m.group(1)) >= 1000, repr(last[-120:]))
     check("no control character from a client reaches the log",
           "\x1b" not in text and not any(ch < " " and ch != "\t" for ln in lines for ch in ln), repr(lines[:2]))
 

@@ -10,7 +10,7 @@
 
 namespace tlspolicy::fuzz {
 
-inline const Snapshot& snapshot() {
+inline std::shared_ptr<const Snapshot> snapshot_ptr() {
   static std::shared_ptr<const Snapshot> snap = [] {
     char dir[] = "/tmp/tlspolicy-fuzz-XXXXXX";
     if (!mkdtemp(dir)) abort();
@@ -34,7 +34,9 @@ inbound = (
     if (!r.snapshot) abort();
     return r.snapshot;
   }();
-  return *snap;
+  return snap;
 }
+
+inline const Snapshot& snapshot() { return *snapshot_ptr(); }
 
 }  // namespace tlspolicy::fuzz

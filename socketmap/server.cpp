@@ -1,6 +1,9 @@
-// See server.hpp for the why. Level-triggered epoll; a connection reads while
-// its reply buffer is small and stops reading (backpressure) when a client
-// pipelines without reading its answers.
+// See server.hpp for the why. Level-triggered epoll. Each connection's
+// buffers are bounded (Limits): it reads only while no complete request
+// waits in its input (backpressure) and answers only while its pending
+// replies are below max_pending_output; requests held back are answered as
+// the client reads (EPOLLOUT), a bounded amount per round so other clients
+// get their turn.
 #include "socketmap/server.hpp"
 
 #include <fmt/format.h>
@@ -9,6 +12,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -16,25 +20,59 @@
 namespace tlspolicy {
 
 namespace {
-// Per connection: answers held for a client that does not read (reading
-// stops beyond this), and bytes read per loop round (fairness: one client
-// pipelining thousands of requests takes its turn like everyone else).
-constexpr size_t kMaxPendingOutput = 64 << 10;
-constexpr size_t kReadPerRound = 16 << 10;
+// Idle connections closed per loop round (each close is a syscall pair and
+// a FIN; 4000 at once held the loop ~60 ms).
+constexpr size_t kClosePerRound = 128;
+constexpr auto kWarnEvery = std::chrono::seconds(10);
 using Clock = std::chrono::steady_clock;
+
+// Client-provided text for a log line: printable ASCII only, at most `max`.
+void append_printable(std::string& out, std::string_view s, size_t max = 256) {
+  for (char c : s.substr(0, max)) out += (c >= ' ' && c <= '~') ? c : '?';
+}
+
+std::string printable(std::string_view s) {
+  std::string r;
+  append_printable(r, s);
+  return r;
+}
+
+// epoll's data: listeners and watched descriptors carry the fd alone,
+// connections also their id, so an event queued for a connection closed
+// earlier in the same round never reaches a new one that got its fd.
+uint64_t conn_key(int fd, uint32_t id) { return (uint64_t(id) << 32) | uint32_t(fd); }
 }  // namespace
 
 struct SocketmapServer::Conn {
   int fd;
+  uint32_t id;
   NetstringReader in{kMaxRequest};
   std::string out;
   size_t out_pos = 0;
   Clock::time_point last_active = Clock::now();
   Clock::time_point partial_since{};  // when an incomplete request started
-  bool closing = false;               // error sent: close once flushed
+  bool backlog = false;               // complete requests may wait in `in`
+  bool eof = false;                   // nothing more to read (FIN, or a framing error)
   bool keep_idle = false;             // asked the access map: Sendmail never reconnects
   uint32_t events = 0;
+  size_t pending() const { return out.size() - out_pos; }
 };
+
+template <class MakeText>
+void SocketmapServer::warn(Throttle& t, MakeText&& text) {
+  auto now = Clock::now();
+  if (t.last != Clock::time_point{} && now - t.last < kWarnEvery) {
+    ++t.suppressed;
+    return;
+  }
+  std::string line = text();
+  if (t.suppressed)
+    line += fmt::format(" ({} more like this in the last {} s, not logged)", t.suppressed,
+                        std::chrono::duration_cast<std::chrono::seconds>(now - t.last).count());
+  opt_.log(LOG_WARNING, line);
+  t.last = now;
+  t.suppressed = 0;
+}
 
 SocketmapServer::SocketmapServer(ServerOptions opt) : opt_(std::move(opt)) {
   if (!opt_.log_lookup) opt_.log_lookup = opt_.log;
@@ -82,25 +120,35 @@ void SocketmapServer::accept_all(int listener) {
       return;  // EAGAIN, or a transient error: epoll tells us when to retry
     }
     if (int(conns_.size()) >= opt_.max_connections) {
-      auto now = Clock::now();
-      if (now - last_cap_warning_ > std::chrono::seconds(10)) {
-        opt_.log(LOG_WARNING, fmt::format("connection limit {} reached: refusing new connections "
-                                          "(daemon.max_connections)",
-                                          opt_.max_connections));
-        last_cap_warning_ = now;
-      }
+      warn(cap_warning_, [&] {
+        return fmt::format("connection limit {} reached: refusing new connections (daemon.max_connections)",
+                           opt_.max_connections);
+      });
       ::close(fd);
       continue;
     }
-    auto c = std::make_unique<Conn>();
-    c->fd = fd;
-    c->events = EPOLLIN;
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
-    conns_[fd] = std::move(c);
+    add_conn(fd);
   }
+}
+
+void SocketmapServer::adopt(int fd) { add_conn(fd); }
+
+void SocketmapServer::add_conn(int fd) {
+  auto c = std::make_unique<Conn>();
+  c->fd = fd;
+  c->id = ++next_id_ ? next_id_ : ++next_id_;  // never 0: that marks listeners
+  c->events = EPOLLIN;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = conn_key(fd, c->id);
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  conns_[fd] = std::move(c);
+}
+
+size_t SocketmapServer::max_buffered_now() const {
+  size_t n = 0;
+  for (auto& [fd, c] : conns_) n = std::max(n, c->in.buffered() + c->pending());
+  return n;
 }
 
 // One line per lookup a rule decided (every lookup with log_all_lookups),
@@ -108,7 +156,7 @@ void SocketmapServer::accept_all(int listener) {
 // line's allocations would cost more than the lookup.
 void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply& r) {
   if (!r.known_map) {
-    opt_.log(LOG_WARNING, fmt::format("socketmap: {}", r.payload));
+    warn(request_warning_, [&] { return "socketmap: " + printable(r.payload); });
     return;
   }
   bool rule_hit = r.answer.rule != kNone && !policy_->rules[r.answer.rule].is_default;
@@ -117,7 +165,7 @@ void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply&
   line_.clear();
   auto out = std::back_inserter(line_);
   fmt::format_to(out, "lookup {} ", map_name(r.map));
-  for (char c : key.substr(0, 256)) line_ += (c >= ' ' && c <= '~') ? c : '?';
+  append_printable(line_, key);
   fmt::format_to(out, ": {} (", r.payload);
   if (r.answer.rule == kNone) {
     line_ += "no rule)";
@@ -135,11 +183,7 @@ void SocketmapServer::pause_listeners(const std::string& why) {
   if (listeners_paused_) return;
   listeners_paused_ = true;
   for (auto& [fd, on] : listeners_) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
-  auto now = Clock::now();
-  if (now - last_cap_warning_ > std::chrono::seconds(10)) {
-    opt_.log(LOG_WARNING, fmt::format("{}: not accepting for now ({} connections open)", why, conns_.size()));
-    last_cap_warning_ = now;
-  }
+  warn(cap_warning_, [&] { return fmt::format("{}: not accepting for now ({} connections open)", why, conns_.size()); });
 }
 
 void SocketmapServer::resume_listeners() {
@@ -153,152 +197,196 @@ void SocketmapServer::resume_listeners() {
   }
 }
 
-void SocketmapServer::on_readable(Conn& c) {
-  char buf[kReadPerRound];
-  for (int rounds = 0; rounds < 1; ++rounds) {
-    ssize_t n = ::read(c.fd, buf, sizeof buf);
+// One connection's readiness: read (if it may), answer what is buffered,
+// send. Every step that can close the connection is the last one.
+void SocketmapServer::service(Conn& c, uint32_t events) {
+  if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
+    close_conn(c);  // reset or gone while we were not reading
+    return;
+  }
+  if ((events & EPOLLIN) && !c.eof && !c.backlog && !read_input(c)) return;
+  if ((events & EPOLLOUT) && !send_output(c)) return;  // room first, then answers
+  answer(c);
+  if (!send_output(c)) return;
+  settle(c);
+}
+
+// One read of at most read_per_round, never past max_input(). Returns false
+// if the connection was closed (read error).
+bool SocketmapServer::read_input(Conn& c) {
+  char buf[16 << 10];
+  size_t max_input = limits_.max_input();
+  size_t room = std::min({sizeof buf, limits_.read_per_round, max_input - std::min(max_input, c.in.buffered())});
+  if (room == 0) return true;  // cannot happen (see Limits); never grow past it
+  for (;;) {
+    ssize_t n = ::read(c.fd, buf, room);
     if (n == 0) {
-      close_conn(c.fd);
-      return;
+      c.eof = true;  // the client is done sending: answer what came, then close
+      return true;
     }
     if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
-      close_conn(c.fd);
-      return;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      close_conn(c);
+      return false;
     }
     c.in.append(std::string_view(buf, size_t(n)));
     c.last_active = Clock::now();
-    if (size_t(n) < sizeof buf) break;
+    return true;
   }
+}
+
+// Answers complete requests from the input while the replies pending stay
+// under max_pending_output, at most answers_per_round of them.
+void SocketmapServer::answer(Conn& c) {
   std::string_view req;
-  NetstringReader::Status st;
-  while ((st = c.in.next(&req)) == NetstringReader::Status::ok) {
+  NetstringReader::Status st = NetstringReader::Status::need_more;
+  int budget = limits_.answers_per_round;
+  c.backlog = false;
+  while (c.pending() <= limits_.max_pending_output) {
+    if (budget-- == 0) {
+      c.backlog = true;
+      break;
+    }
+    if ((st = c.in.next(&req)) != NetstringReader::Status::ok) break;
     SocketmapReply r = answer_socketmap(*policy_, req);
     c.keep_idle |= r.map == MapName::sendmail_access && r.known_map;
     log_lookup(req, r);
     append_netstring(c.out, r.payload);
-    if (c.out.size() - c.out_pos > kMaxPendingOutput) break;  // let the client read first
   }
+  if (c.pending() > limits_.max_pending_output && c.in.buffered() > 0) c.backlog = true;
   if (st == NetstringReader::Status::error) {
-    // At most one line per 10 s, however many clients misbehave.
-    ++malformed_;
-    auto now = Clock::now();
-    if (now - last_malformed_log_ >= std::chrono::seconds(10)) {
-      opt_.log(LOG_WARNING, fmt::format("socketmap client: {}: closing connection{}", c.in.error(),
-                                        malformed_ > 1 ? fmt::format(" ({} such connections since the last "
-                                                                     "warning)", malformed_)
-                                                       : std::string()));
-      last_malformed_log_ = now;
-      malformed_ = 0;
-    }
+    warn(malformed_warning_,
+         [&] { return fmt::format("socketmap client: {}: closing connection", printable(c.in.error())); });
     append_netstring(c.out, "PERM " + c.in.error());
-    c.closing = true;
+    c.eof = true;  // read nothing more; close once the replies are out
+    c.backlog = false;
+    c.in = NetstringReader(kMaxRequest);
   }
-  c.partial_since = c.in.buffered() > 0 ? (c.partial_since == Clock::time_point{} ? Clock::now() : c.partial_since)
-                                        : Clock::time_point{};
-  flush(c);
+  if (c.backlog || c.in.buffered() == 0)
+    c.partial_since = {};
+  else if (c.partial_since == Clock::time_point{})
+    c.partial_since = Clock::now();
 }
 
-void SocketmapServer::flush(Conn& c) {
+// Sends what the socket takes. Returns false if the connection was closed
+// (send error: the client is gone).
+bool SocketmapServer::send_output(Conn& c) {
   while (c.out_pos < c.out.size()) {
     ssize_t n = ::send(c.fd, c.out.data() + c.out_pos, c.out.size() - c.out_pos, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      close_conn(c.fd);
-      return;
+      close_conn(c);
+      return false;
     }
     c.out_pos += size_t(n);
+    c.last_active = Clock::now();  // a client that reads its answers is not idle
   }
   if (c.out_pos == c.out.size()) {
     c.out.clear();
     c.out_pos = 0;
-    if (c.closing) {
-      close_conn(c.fd);
-      return;
-    }
+  } else if (c.out_pos > limits_.max_pending_output) {
+    c.out.erase(0, c.out_pos);  // keep the buffer from creeping
+    c.out_pos = 0;
   }
-  update_events(c);
+  return true;
 }
 
-void SocketmapServer::on_writable(Conn& c) {
-  flush(c);
-  // Requests held back by backpressure may be waiting in the input buffer.
-  auto it = conns_.find(c.fd);
-  if (it != conns_.end() && !c.closing && c.out.empty() && c.in.buffered() > 0) on_readable(c);
-}
-
-void SocketmapServer::update_events(Conn& c) {
+// After a round's work: close a finished connection, else ask epoll for what
+// it needs next: input while nothing waits, output while replies are pending
+// or held-back requests wait for room (writable = answer more next round).
+void SocketmapServer::settle(Conn& c) {
+  if (c.eof && !c.backlog && c.pending() == 0) {
+    close_conn(c);
+    return;
+  }
   uint32_t want = 0;
-  size_t pending = c.out.size() - c.out_pos;
-  if (!c.closing && pending <= kMaxPendingOutput) want |= EPOLLIN;
-  if (pending > 0) want |= EPOLLOUT;
+  if (!c.eof && !c.backlog && c.pending() <= limits_.max_pending_output) want |= EPOLLIN;
+  if (c.pending() > 0 || c.backlog) want |= EPOLLOUT;
   if (want == c.events) return;
   c.events = want;
   epoll_event ev{};
   ev.events = want;
-  ev.data.fd = c.fd;
+  ev.data.u64 = conn_key(c.fd, c.id);
   epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
 }
 
-void SocketmapServer::close_conn(int fd) {
-  epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
-  ::close(fd);
-  conns_.erase(fd);
+// Closes at once; the Conn itself lives until the end of the round.
+void SocketmapServer::close_conn(Conn& c) {
+  auto it = conns_.find(c.fd);
+  if (it == conns_.end() || it->second.get() != &c) return;  // already closed
+  epoll_ctl(epfd_, EPOLL_CTL_DEL, c.fd, nullptr);
+  ::close(c.fd);
+  closed_.push_back(std::move(it->second));
+  conns_.erase(it);
+  c.fd = -1;
   resume_listeners();  // a descriptor is free again
 }
 
-// Closes idle connections and requests that trickle in too slowly. Not
-// idle Sendmail ones: a Sendmail process keeps its map connection for life
-// and its next lookup on a closed one fails (451) instead of reconnecting.
-void SocketmapServer::sweep() {
-  auto now = Clock::now();
-  std::vector<int> doomed;
-  for (auto& [fd, c] : conns_) {
-    bool idle = !c->keep_idle && now - c->last_active > opt_.idle_timeout;
-    bool slow = c->partial_since != Clock::time_point{} && now - c->partial_since > opt_.idle_timeout;
-    if (idle || slow) doomed.push_back(fd);
+// Finds idle connections and requests that trickle in too slowly (once a
+// second), and closes them kClosePerRound per round.
+// Not idle Sendmail ones: a Sendmail process keeps its map connection for
+// life and its next lookup on a closed one fails (451) instead of
+// reconnecting.
+void SocketmapServer::sweep(Clock::time_point now) {
+  auto expired = [&](const Conn& c) {
+    bool idle = !c.keep_idle && now - c.last_active > opt_.idle_timeout;
+    bool slow = c.partial_since != Clock::time_point{} && now - c.partial_since > opt_.idle_timeout;
+    return idle || slow;
+  };
+  if (expired_.empty() && now >= next_sweep_) {
+    for (auto& [fd, c] : conns_)
+      if (expired(*c)) expired_.emplace_back(fd, c->id);
+    next_sweep_ = now + std::chrono::seconds(1);
+    resume_listeners();  // retry accepting at least once a second
   }
-  for (int fd : doomed) close_conn(fd);
-  resume_listeners();  // retry accepting at least once a second
+  size_t n = std::min(expired_.size(), kClosePerRound);
+  for (size_t i = expired_.size() - n; i < expired_.size(); ++i) {
+    auto it = conns_.find(expired_[i].first);
+    if (it != conns_.end() && it->second->id == expired_[i].second && expired(*it->second)) close_conn(*it->second);
+  }
+  expired_.resize(expired_.size() - n);
 }
 
 void SocketmapServer::run() {
   running_ = true;
+  while (running_) run_once(1000);
+}
+
+void SocketmapServer::run_once(int timeout_ms) {
   epoll_event events[256];
-  auto next_sweep = Clock::now() + std::chrono::seconds(1);
-  while (running_) {
-    int n = epoll_wait(epfd_, events, 256, 1000);
-    if (n < 0 && errno != EINTR) throw std::runtime_error(fmt::format("epoll_wait: {}", std::strerror(errno)));
-    for (int i = 0; i < n; ++i) {
-      int fd = events[i].data.fd;
+  auto now = Clock::now();
+  if (next_sweep_ == Clock::time_point{}) next_sweep_ = now + std::chrono::seconds(1);
+  if (!expired_.empty()) {
+    timeout_ms = 0;  // more expired connections to close
+  } else {
+    auto to_sweep = std::chrono::duration_cast<std::chrono::milliseconds>(next_sweep_ - now).count() + 1;
+    timeout_ms = int(std::clamp<long long>(to_sweep, 0, timeout_ms));
+  }
+  int n = epoll_wait(epfd_, events, 256, timeout_ms);
+  if (n < 0 && errno != EINTR) throw std::runtime_error(fmt::format("epoll_wait: {}", std::strerror(errno)));
+  for (int i = 0; i < n; ++i) {
+    int fd = int(uint32_t(events[i].data.u64));
+    uint32_t id = uint32_t(events[i].data.u64 >> 32);
+    if (id == 0) {
       if (listeners_.count(fd)) {
         accept_all(fd);
-        continue;
-      }
-      if (auto w = watched_.find(fd); w != watched_.end()) {
+      } else if (auto w = watched_.find(fd); w != watched_.end()) {
         w->second();
-        continue;
       }
-      auto it = conns_.find(fd);
-      if (it == conns_.end()) continue;
-      Conn& c = *it->second;
-      if (events[i].events & (EPOLLERR | EPOLLHUP) && !(events[i].events & EPOLLIN)) {
-        close_conn(fd);
-        continue;
-      }
-      if (events[i].events & EPOLLOUT) {
-        on_writable(c);
-        if (!conns_.count(fd)) continue;
-      }
-      if (events[i].events & EPOLLIN) on_readable(c);
+      continue;
     }
-    if (opt_.flush_log) opt_.flush_log();
-    if (Clock::now() >= next_sweep) {
-      sweep();
-      next_sweep = Clock::now() + std::chrono::seconds(1);
-    }
+    auto it = conns_.find(fd);
+    if (it == conns_.end() || it->second->id != id) continue;  // closed earlier this round
+    service(*it->second, events[i].events);
+  }
+  closed_.clear();
+  if (opt_.flush_log) opt_.flush_log();
+  now = Clock::now();
+  if (now >= next_sweep_ || !expired_.empty()) {
+    sweep(now);
+    closed_.clear();
   }
 }
 

@@ -15,6 +15,8 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "policy/snapshot.hpp"
 #include "socketmap/netstring.hpp"
@@ -36,6 +38,23 @@ struct ServerOptions {
 
 class SocketmapServer {
  public:
+  // Per-connection limits. The defaults serve production; the fuzzer shrinks
+  // them so small inputs reach every backpressure path.
+  struct Limits {
+    // Replies held for a client that does not read: answering stops beyond.
+    size_t max_pending_output = 64 << 10;
+    // Bytes read per loop round (at most 16 KiB) and requests answered per
+    // round: one client pipelining thousands of requests takes its turn
+    // like everyone else.
+    size_t read_per_round = 16 << 10;
+    int answers_per_round = 2048;
+    // Reading happens only while no complete request waits, so the input
+    // holds at most one incomplete request plus one read; the output at most
+    // max_pending_output plus one reply.
+    size_t max_input() const { return kMaxRequest + 16 + read_per_round; }
+    size_t max_buffered() const { return max_input() + max_pending_output + kMaxReply + 16; }
+  };
+
   explicit SocketmapServer(ServerOptions opt);
   ~SocketmapServer();
   SocketmapServer(const SocketmapServer&) = delete;
@@ -51,34 +70,64 @@ class SocketmapServer {
   }
   void set_options(bool log_all, bool log_rules, int max_connections, std::chrono::seconds idle);
   void run();  // until stop()
+  // One loop round: waits up to timeout_ms for events, handles them, then
+  // the log flush and (when due) the idle sweep. run() is a loop of these;
+  // the fuzzer drives it directly.
+  void run_once(int timeout_ms);
   void stop() { running_ = false; }
   size_t connections() const { return conns_.size(); }
+  void set_limits(const Limits& l) { limits_ = l; }
+  const Limits& limits() const { return limits_; }
+  // Serves an already connected socket (non-blocking) as a client connection.
+  void adopt(int fd);
+  // The most bytes any one connection holds now, unanswered input plus
+  // unsent replies (at most limits().max_buffered()).
+  size_t max_buffered_now() const;
 
  private:
   struct Conn;
+  // A warning any client can trigger at will: at most one line per 10 s,
+  // with the count of those left out since the last line.
+  struct Throttle {
+    std::chrono::steady_clock::time_point last{};
+    unsigned long suppressed = 0;
+  };
+  template <class MakeText>
+  void warn(Throttle& t, MakeText&& text);
   void accept_all(int listener);
-  void on_readable(Conn& c);
-  void on_writable(Conn& c);
-  void flush(Conn& c);
-  void update_events(Conn& c);
-  void close_conn(int fd);
-  void sweep();
+  void add_conn(int fd);
+  void service(Conn& c, uint32_t events);
+  bool read_input(Conn& c);
+  void answer(Conn& c);
+  bool send_output(Conn& c);
+  void settle(Conn& c);
+  void close_conn(Conn& c);
+  void sweep(std::chrono::steady_clock::time_point now);
   void pause_listeners(const std::string& why);
   void resume_listeners();
   void log_lookup(std::string_view request, const SocketmapReply& r);
 
   ServerOptions opt_;
+  Limits limits_;
   int epfd_ = -1;
   bool running_ = false;
   std::shared_ptr<const Snapshot> policy_;
   std::unordered_map<int, std::unique_ptr<Conn>> conns_;
+  // Connections closed this round: freed when the round ends, so no caller
+  // up the stack can be left holding a freed Conn.
+  std::vector<std::unique_ptr<Conn>> closed_;
+  uint32_t next_id_ = 0;
   std::unordered_map<int, std::function<void()>> watched_;
   std::unordered_map<int, bool> listeners_;
-  std::chrono::steady_clock::time_point last_cap_warning_{};
   std::string line_;  // log_lookup's reused buffer
   bool listeners_paused_ = false;
-  std::chrono::steady_clock::time_point last_malformed_log_{};
-  unsigned long malformed_ = 0;  // malformed clients not yet mentioned in the log
+  Throttle cap_warning_;        // connection limit, out of descriptors
+  Throttle malformed_warning_;  // framing errors (connection closed)
+  Throttle request_warning_;    // unknown map name, request without a key
+  // Expired connections still to close: at most kClosePerRound per round, so
+  // thousands expiring together never stall the loop.
+  std::vector<std::pair<int, uint32_t>> expired_;
+  std::chrono::steady_clock::time_point next_sweep_{};
 };
 
 }  // namespace tlspolicy

@@ -31,12 +31,6 @@ void append_printable(std::string& out, std::string_view s, size_t max = 256) {
   for (char c : s.substr(0, max)) out += (c >= ' ' && c <= '~') ? c : '?';
 }
 
-std::string printable(std::string_view s) {
-  std::string r;
-  append_printable(r, s);
-  return r;
-}
-
 // epoll's data: listeners and watched descriptors carry the fd alone,
 // connections also their id, so an event queued for a connection closed
 // earlier in the same round never reaches a new one that got its fd.
@@ -125,6 +119,7 @@ void SocketmapServer::accept_all(int listener) {
                            opt_.max_connections);
       });
       ::close(fd);
+      stats().connections_refused.add();
       continue;
     }
     add_conn(fd);
@@ -143,6 +138,7 @@ void SocketmapServer::add_conn(int fd) {
   ev.data.u64 = conn_key(fd, c->id);
   epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
   conns_[fd] = std::move(c);
+  stats().connections_accepted.add();
 }
 
 size_t SocketmapServer::max_buffered_now() const {
@@ -156,7 +152,7 @@ size_t SocketmapServer::max_buffered_now() const {
 // line's allocations would cost more than the lookup.
 void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply& r) {
   if (!r.known_map) {
-    warn(request_warning_, [&] { return "socketmap: " + printable(r.payload); });
+    warn(request_warning_, [&] { return "socketmap: " + printable(std::string_view(r.payload).substr(0, 256)); });
     return;
   }
   bool rule_hit = r.answer.rule != kNone && !policy_->rules[r.answer.rule].is_default;
@@ -249,13 +245,16 @@ void SocketmapServer::answer(Conn& c) {
       break;
     }
     if ((st = c.in.next(&req)) != NetstringReader::Status::ok) break;
+    auto t0 = Clock::now();
     SocketmapReply r = answer_socketmap(*policy_, req);
+    count(r, uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
     c.keep_idle |= r.map == MapName::sendmail_access && r.known_map;
     log_lookup(req, r);
     append_netstring(c.out, r.payload);
   }
   if (c.pending() > limits_.max_pending_output && c.in.buffered() > 0) c.backlog = true;
   if (st == NetstringReader::Status::error) {
+    stats().malformed_requests.add();
     warn(malformed_warning_,
          [&] { return fmt::format("socketmap client: {}: closing connection", printable(c.in.error())); });
     append_netstring(c.out, "PERM " + c.in.error());
@@ -312,6 +311,20 @@ void SocketmapServer::settle(Conn& c) {
   epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
 }
 
+// The metrics' view of one answer (policy/stats.hpp): relaxed atomic adds.
+void SocketmapServer::count(const SocketmapReply& r, uint64_t ns) {
+  Stats& st = stats();
+  if (!r.known_map) {
+    st.unknown_map.add();
+    return;
+  }
+  size_t m = size_t(r.map);
+  char w = r.payload.empty() ? 'P' : r.payload[0];
+  st.lookups[m][w == 'O' ? 0 : w == 'N' ? 1 : w == 'T' ? 2 : 3].add();
+  st.latency[m].observe(ns);
+  if (r.answer.rule != kNone) policy_->rule_hits[r.answer.rule].add();
+}
+
 // Closes at once; the Conn itself lives until the end of the round.
 void SocketmapServer::close_conn(Conn& c) {
   auto it = conns_.find(c.fd);
@@ -320,6 +333,7 @@ void SocketmapServer::close_conn(Conn& c) {
   ::close(c.fd);
   closed_.push_back(std::move(it->second));
   conns_.erase(it);
+  stats().connections_closed.add();
   c.fd = -1;
   resume_listeners();  // a descriptor is free again
 }
@@ -344,7 +358,10 @@ void SocketmapServer::sweep(Clock::time_point now) {
   size_t n = std::min(expired_.size(), kClosePerRound);
   for (size_t i = expired_.size() - n; i < expired_.size(); ++i) {
     auto it = conns_.find(expired_[i].first);
-    if (it != conns_.end() && it->second->id == expired_[i].second && expired(*it->second)) close_conn(*it->second);
+    if (it != conns_.end() && it->second->id == expired_[i].second && expired(*it->second)) {
+      stats().timeouts.add();
+      close_conn(*it->second);
+    }
   }
   expired_.resize(expired_.size() - n);
 }

@@ -106,6 +106,7 @@ class SocketmapServer {
   void pause_listeners(const std::string& why);
   void resume_listeners();
   void log_lookup(std::string_view request, const SocketmapReply& r);
+  void count(const SocketmapReply& r, uint64_t ns);
 
   ServerOptions opt_;
   Limits limits_;

@@ -500,7 +500,7 @@ void Loader::read_inbound(const Setting& r, int index) {
   add_entries(r, "clients", "client_lists", snap_->clients, Dimension::client, sub, id);
 }
 
-// "inet:127.0.0.1:8461" or "unix:/path"; host must be an IP literal.
+// "inet:127.0.0.1:10461" or "unix:/path"; host must be an IP literal.
 std::string check_endpoint(const std::string& ep) {
   if (ep.starts_with("unix:")) {
     if (ep.size() > 5 && ep[5] == '/' && ep.size() < 5 + 108) return {};
@@ -519,7 +519,7 @@ std::string check_endpoint(const std::string& ep) {
       if (parse_ip(host) && ok && p > 0 && p < 65536) return {};
     }
   }
-  return fmt::format("\"{}\" is not an endpoint: use inet:IP:PORT (e.g. inet:127.0.0.1:8461) or "
+  return fmt::format("\"{}\" is not an endpoint: use inet:IP:PORT (e.g. inet:127.0.0.1:10461) or "
                      "unix:/absolute/path",
                      ep);
 }

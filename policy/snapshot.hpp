@@ -52,7 +52,7 @@ struct EntryInfo {
 };
 
 struct DaemonSettings {
-  std::vector<std::string> socketmap{"inet:127.0.0.1:8461"};
+  std::vector<std::string> socketmap{"inet:127.0.0.1:10461"};
   std::string milter;  // "" = no milter
   std::string metrics;  // "" = no Prometheus endpoint; else inet:IP:PORT
   // The control socket (tlspolicy status, reload, query --daemon).

@@ -47,7 +47,7 @@ TEST_CASE("configuration errors name file, line and the fix") {
       {"inbound = ( { require = \"tls\"; } );", {}, "matches nothing"},
       {"inbound = ( { from = \"*@p.test\"; reply = \"451 4.7.1 later\"; } );", {}, "use action = \"tempfail\""},
       {"inbound = ( { clients = \"example.com\"; } );", {}, "not an IP address or range"},
-      {"daemon = { socketmap = \"inet:localhost:8461\"; };", {}, "is not an endpoint"},
+      {"daemon = { socketmap = \"inet:localhost:10461\"; };", {}, "is not an endpoint"},
       {"daemon = { socket_mode = \"rw\"; };", {}, "not an octal mode"},
       {"", {}, "tlspolicy.conf: error: no rules and no default: an empty or truncated configuration?"},
       {"# everything commented out\n# default = \"encrypt\";\n", {}, "no rules and no default"},

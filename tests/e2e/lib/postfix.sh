@@ -8,7 +8,7 @@
 #   e2e_host tls.test 127.0.0.2           # private hosts entries
 #   sink_start tls 127.0.0.2 --starttls   # aiosmtpd sink with STARTTLS
 #   sink_start plain 127.0.0.3            # aiosmtpd sink without STARTTLS
-#   PF_MAIN_EXTRA='smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:tlspolicy'
+#   PF_MAIN_EXTRA='smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10461:tlspolicy'
 #   pf_start                              # private Postfix on 127.0.0.1:$PF_PORT
 #   pf_send a@src.test u@tls.test -- --add-header 'X-Test: 1'
 #   sink_wait tls 1 20 || e2e_fail "no mail at sink tls"
@@ -668,7 +668,7 @@ pf_postconf() {
 }
 
 # pf_postmap ARGS...: postmap with the instance's main.cf, e.g.
-# pf_postmap -q tls.test socketmap:inet:127.0.0.1:8461:tlspolicy
+# pf_postmap -q tls.test socketmap:inet:127.0.0.1:10461:tlspolicy
 pf_postmap() {
     postmap -c "$PF_DIR" "$@"
 }

@@ -32,7 +32,22 @@ bool ControlServer::open(const std::string& path, uid_t uid, gid_t gid, std::str
   sa.sun_family = AF_UNIX;
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   struct stat st{};
-  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    // Another tlspolicyd on this host may be answering there: never steal
+    // its socket, only remove a dead one.
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+      *error = "another tlspolicyd answers there (give this one its own daemon.control)";
+      ::close(fd);
+      return false;
+    }
+    ::close(fd);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      *error = std::strerror(errno);
+      return false;
+    }
+    ::unlink(path.c_str());
+  }
   mode_t old = umask(0177);
   int rc = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
   umask(old);

@@ -218,6 +218,17 @@ def main():
         rc, out = cli("query", "--daemon", "-c", conf, "-m", "tls-policy", "partner.test")
         check("control: ... and the live policy changed", rc == 0 and out.strip() == "may", out)
         check("control: the socket is private (mode 0600)", (os.stat(ctl).st_mode & 0o777) == 0o600)
+        # A second daemon with the same daemon.control must not take it over.
+        conf2 = os.path.join(tmp, "second.conf")
+        with open(conf2, "w") as f:
+            f.write(f'default = "may"; daemon = {{ socketmap = [ "inet:127.0.0.1:{free_port()}" ]; control = "{ctl}"; }};\n')
+        d2 = subprocess.Popen([DAEMON, "-f", "-c", conf2], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1)
+        rc, out = cli("status", "--socket", ctl)
+        d2.send_signal(signal.SIGTERM)
+        err2 = d2.communicate(timeout=10)[1].decode(errors="replace")
+        check("control: a second daemon does not steal the socket (status still names the first)",
+              rc == 0 and f"pid: {d.pid};" in out and "another tlspolicyd answers there" in err2, out + err2[-400:])
     finally:
         d.send_signal(signal.SIGTERM)
         try:

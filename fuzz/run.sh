@@ -11,7 +11,7 @@ secs=${1:-60}
 [ $# -gt 0 ] && shift
 targets=${*:-netstring config keys server}
 B=build-fuzz
-CC=clang-14 CXX=clang++-14 cmake -S . -B $B -DFUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF >/dev/null
+CC=clang CXX=clang++ cmake -S . -B $B -DFUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF >/dev/null
 cmake --build $B -j"$(nproc)" --target $(for t in $targets; do printf 'fuzz_%s ' "$t"; done) >/dev/null
 mkdir -p fuzz/out/crashes
 export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp:print_suppressions=0"

@@ -11,7 +11,7 @@ Usage: t_buffers.py TLSPOLICYD
   memory      clients that pipeline large-reply requests forever (one reads
               its answers, one never does): the daemon's VmRSS stays bounded
               (input backpressure, capped input buffer)
-  mass close  hundreds of connections with pending replies closing at once by
+  mass close  300 connections with pending replies closing at once by
               reset, half-close, close, malformed frame and read-then-close:
               the daemon survives (under ASan this is where a use-after-free
               in the write path showed) and keeps answering
@@ -367,11 +367,21 @@ def test_mass_close(d):
                 del filling[i]  # full: the rest waits in the daemon
             else:
                 filling[i] = q
+    # And 60 loopback TCP clients with a tiny receive buffer and ~56 KB of
+    # replies each, which will reset (SO_LINGER 0).
+    resetters = []
+    for _ in range(60):
+        s = connect(d.addr, rcvbuf=2048)
+        s.sendall(one * 100)
+        resetters.append(s)
     # Then the others send 4000 requests each (the daemon is busy answering
     # them) while the leavers go, every way at once.
     for kind, s in conns:
         if kind >= 3:
             s.sendall(one * n_req + (b"garbage!" if kind == 4 else b""))
+    for s in resetters:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
     for kind, s in conns:
         try:
             if kind == 0:    # close with replies unread

@@ -3,6 +3,8 @@
 // from inline arrays and from list files go through the same add_entry().
 #include "policy/config.hpp"
 
+#include "policy/ciphers.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -51,7 +53,7 @@ constexpr Key kTopKeys[] = {
 constexpr Key kOutboundKeys[] = {
     {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
     {"to_lists", Type::strings}, {"from", Type::strings},    {"from_lists", Type::strings},
-    {"subdomains", Type::boolean}, {"transport", Type::string},
+    {"subdomains", Type::boolean}, {"transport", Type::string}, {"min_cipher_bits", Type::integer},
 };
 constexpr Key kInboundKeys[] = {
     {"name", Type::string},         {"from", Type::strings},       {"from_lists", Type::strings},
@@ -370,12 +372,36 @@ void Loader::read_outbound(const Setting& r, int index) {
     return;
   }
   std::string problem;
-  auto p = parse_tls_policy(r["level"].c_str(), &problem);
+  std::vector<std::string> notes;
+  auto p = parse_tls_policy(r["level"].c_str(), &problem, &notes);
   if (!p) {
     error(r["level"], problem);
     return;
   }
+  for (auto& n : notes) warn(r["level"], n);
   rule.policy = *p;
+  if (r.exists("min_cipher_bits")) {
+    // GlobalCerts' "at least 112-bit encryption", outbound: turned into a
+    // cipher grade and exclusions Postfix enforces (policy/ciphers.hpp).
+    const Setting& mb = r["min_cipher_bits"];
+    int bits = int(as_int(mb));
+    // (attributes start with a space: " ciphers=high ...")
+    auto has = [&](std::string_view a) { return rule.policy.attributes.find(a) != std::string::npos; };
+    if (!enforces_tls(rule.policy.level)) {
+      error(mb, fmt::format("min_cipher_bits needs a level that requires TLS (encrypt or stricter), not {}: at {} a "
+                            "server whose ciphers are too weak would get the mail in plaintext",
+                            level_name(rule.policy.level), level_name(rule.policy.level)));
+    } else if (has(" ciphers=") || has(" exclude=")) {
+      error(mb, "min_cipher_bits and ciphers=/exclude= in the level together: use one of them");
+    } else {
+      CipherFloor f = cipher_floor(bits);
+      if (!f.error.empty())
+        error(mb, f.error);
+      else
+        rule.policy.attributes += f.attributes;
+      if (!f.warning.empty()) warn(mb, f.warning);
+    }
+  }
   if (r.exists("transport")) {
     rule.transport = r["transport"].c_str();
     if (rule.transport.find(':') == std::string::npos || rule.transport.find_first_of(" \t") != std::string::npos)

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <vector>
 
+#include "policy/ciphers.hpp"
 #include "policy/names.hpp"
 
 namespace tlspolicy {
@@ -228,7 +229,8 @@ std::optional<Level> parse_level(std::string_view w) {
   return std::nullopt;
 }
 
-std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* error) {
+std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* error,
+                                          std::vector<std::string>* notes) {
   std::string tokerr;
   auto words = policy_tokens(text, &tokerr);
   if (!tokerr.empty()) {
@@ -274,6 +276,12 @@ std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* er
       *error = problem;
       return std::nullopt;
     }
+    if (name == "exclude" && notes)
+      for (auto x : split(value, ":"))
+        if (!known_cipher_name(x))
+          notes->push_back(fmt::format("exclude={}: this OpenSSL knows no cipher or alias \"{}\", so excluding it "
+                                       "has no effect",
+                                       value, x));
     has_type |= name == "policy_type";
     tlsrpt |= name == "policy_domain" || name == "policy_string" || name == "mx_host_pattern" ||
               name == "policy_failure" || name == "policy_ttl";

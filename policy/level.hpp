@@ -3,6 +3,7 @@
 #pragma once
 #include <optional>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace tlspolicy {
@@ -29,6 +30,9 @@ struct TlsPolicy {
 
 // Parses "encrypt protocols=>=TLSv1.2 ciphers=high". On error returns nullopt
 // and sets *error to a message naming the offending word and the fix.
-std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* error);
+// Parses "level attr=value ...". Remarks that do not make the policy
+// invalid (an exclusion OpenSSL does not know) go to *notes when given.
+std::optional<TlsPolicy> parse_tls_policy(std::string_view text, std::string* error,
+                                          std::vector<std::string>* notes = nullptr);
 
 }  // namespace tlspolicy

@@ -346,6 +346,9 @@ sink_start() {
     [ -z "${E2E_SINK_PIDS[$name]-}" ] || { echo "e2e: sink $name already started" >&2; return 1; }
     [ -z "$tls" ] || [ "$tls" = --starttls ] || { echo "e2e: sink_start: bad option $tls" >&2; return 1; }
     [ -n "$tls" ] && args=(--starttls --cert "$E2E_CERT" --key "$E2E_KEY")
+    # SINK_TLS_ARGS (e.g. "--ciphers AES128-SHA --max-tls 1.2"): what the STARTTLS side offers.
+    # shellcheck disable=SC2206  # word splitting wanted
+    [ -n "$tls" ] && [ -n "${SINK_TLS_ARGS-}" ] && args+=($SINK_TLS_ARGS)
     mkdir -p "$E2E_DIR/sink-$name"
     rm -f "$E2E_DIR/sink-$name.ready"
     "$E2E_PYTHON" "$E2E_LIB/sink.py" --addr "$ip" --port "$SINK_PORT" \

@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--hostname", default=None,
                     help="name in the greeting (default sink-<addr>.e2e.test)")
     ap.add_argument("--ready", help="file to create once listening")
+    ap.add_argument("--ciphers", help="OpenSSL cipher list the STARTTLS side offers (TLS 1.2 and older)")
+    ap.add_argument("--max-tls", choices=["1.2", "1.3"], help="highest TLS version offered")
     args = ap.parse_args()
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -91,6 +93,10 @@ def main():
             ap.error("--starttls needs --cert and --key")
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(args.cert, args.key)
+        if args.ciphers:
+            tls_context.set_ciphers(args.ciphers)
+        if args.max_tls == "1.2":
+            tls_context.maximum_version = ssl.TLSVersion.TLSv1_2
 
     handler = StoreHandler(args.store)
     # An explicit hostname avoids socket.getfqdn(), which may hit DNS.

@@ -16,6 +16,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "daemon/log.hpp"
 
@@ -36,20 +37,38 @@ LoadResult guarded_load(const std::string& config, const std::shared_ptr<const S
   try {
     r = load_policy(config);
     if (!r.snapshot || !current || forced) return r;
-    int guard = r.snapshot->settings.daemon.reload_guard;
-    size_t before = current->enforcing_entries(), after = r.snapshot->enforcing_entries();
-    if (guard >= 100 || after >= before || (before - after) * 100 <= before * size_t(guard)) return r;
+    // The guard in force is the one being served: an edit cannot switch
+    // off the check that judges it.
+    int guard = current->settings.daemon.reload_guard;
+    if (guard >= 100) return r;
+    std::vector<std::string> why;
+    // Entries that go, by text: a list emptied while another grows by as
+    // many entries counts as what it is, a loss.
     Shrink s = enforcing_shrink(*current, *r.snapshot, 10);
-    std::string gone;
-    for (auto& e : s.examples) gone += (gone.empty() ? "" : ", ") + e;
-    if (s.gone > s.examples.size()) gone += fmt::format(" and {} more", s.gone - s.examples.size());
-    r.errors.push_back(
-        {config, 0,
-         fmt::format("this change would remove {} of the {} entries that enforce TLS ({} left; more than "
-                     "daemon.reload_guard = {}%): refused, as a truncated or half-written file would look. "
-                     "If it is intended, reload with SIGHUP (systemctl reload tlspolicyd), which loads it anyway. "
-                     "It would remove: {}",
-                     before - after, before, after, guard, gone.empty() ? "(entries of the same text remain)" : gone)});
+    if (s.gone > 0 && s.gone * 100 > s.before * size_t(guard)) {
+      std::string gone;
+      for (auto& e : s.examples) gone += (gone.empty() ? "" : ", ") + e;
+      if (s.gone > s.examples.size()) gone += fmt::format(" and {} more", s.gone - s.examples.size());
+      why.push_back(fmt::format("this change would remove {} of the {} entries that enforce TLS (more than "
+                                "daemon.reload_guard = {}%): {}",
+                                s.gone, s.before, guard, gone));
+    }
+    // A default that enforced TLS, weakened or removed, unenforces every
+    // destination no rule names.
+    auto default_level = [](const Snapshot& snap) {
+      return snap.default_rule == kNone ? std::optional<Level>() : snap.rules[snap.default_rule].policy.level;
+    };
+    auto was = default_level(*current), now = default_level(*r.snapshot);
+    if (was && enforces_tls(*was) && (!now || rank(*now) < rank(*was)))
+      why.push_back(fmt::format("this change would weaken the default from {} to {}", level_name(*was),
+                                now ? std::string(level_name(*now)) : "unset (Postfix's own level)"));
+    if (why.empty()) return r;
+    for (auto& w : why)
+      r.errors.push_back({config, 0,
+                          fmt::format("{}: refused, as a truncated or half-written file would look. If it is "
+                                      "intended, reload with SIGHUP (systemctl reload tlspolicyd, or tlspolicy "
+                                      "reload --force), which loads it anyway",
+                                      w)});
     r.snapshot.reset();
   } catch (const std::exception& e) {
     r = LoadResult{};
@@ -72,10 +91,16 @@ Reloader::Reloader(std::string config, std::function<void(LoadResult, double)> o
   itimerspec ts{};
   ts.it_interval.tv_nsec = ts.it_value.tv_nsec = 250'000'000;
   if (timer_fd_ >= 0) timerfd_settime(timer_fd_, 0, &ts, nullptr);
-  next_recheck_ = Clock::now() + kRecheck;
+  checker_ = std::thread([this] { recheck_loop(); });
 }
 
 Reloader::~Reloader() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  recheck_wake_.notify_all();
+  if (checker_.joinable()) checker_.join();
   if (worker_.joinable()) worker_.join();
   if (reaper_.joinable()) reaper_.join();
   if (inotify_fd_ >= 0) ::close(inotify_fd_);
@@ -117,8 +142,12 @@ void Reloader::watch_files(const std::vector<std::string>& files, bool replace) 
       dirs.insert(parent);
     }
   };
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& f : files)
+      if (!stamps_.count(f)) stamps_[f] = stamp(f);  // the start's load; the worker's own otherwise
+  }
   for (auto& f : files) {
-    if (!stamps_.count(f)) stamps_[f] = stamp(f);  // the start's load; the worker's own otherwise
     add(f);
     char real[PATH_MAX];
     if (::realpath(f.c_str(), real) && f != real) add(real);
@@ -175,8 +204,13 @@ void Reloader::on_inotify() {
       if ((ev->mask & IN_ATTRIB) && !(ev->mask & IN_ISDIR)) {
         // chmod/chown, and a hard link made or removed elsewhere: only a
         // change of what the last load saw counts.
-        auto it = stamps_.find(path);
-        if (it != stamps_.end() && it->second == stamp(path)) continue;
+        bool same;
+        {
+          std::lock_guard lock(mutex_);
+          auto it = stamps_.find(path);
+          same = it != stamps_.end() && it->second == stamp(path);
+        }
+        if (same) continue;
       }
       changed_path = path;
     }
@@ -198,9 +232,10 @@ void Reloader::on_timer() {
   uint64_t ticks;
   if (::read(timer_fd_, &ticks, sizeof ticks) != sizeof ticks) return;
   auto now = Clock::now();
-  if (now >= next_recheck_) {
-    next_recheck_ = now + kRecheck;
-    if (!running_ && !settling_) recheck();
+  if (!running_ && !settling_) {
+    std::lock_guard lock(mutex_);
+    if (!recheck_saw_.empty()) changed(fmt::format("{} changed (seen by the periodic check)", recheck_saw_));
+    recheck_saw_.clear();
   }
   if (settling_ && (now - settle_last_ >= kSettle || now - settle_first_ >= kMaxSettle)) {
     settling_ = false;
@@ -209,41 +244,76 @@ void Reloader::on_timer() {
 }
 
 // The backstop for every edit path inotify does not report (a symlink
-// target in a directory swapped under us, a bind mount, NFS).
-void Reloader::recheck() {
-  for (auto& [path, was] : stamps_)
-    if (stamp(path) != was) {
-      changed(fmt::format("{} changed (seen by the periodic check)", path));
-      return;
-    }
+// target in a directory swapped under us, a bind mount, NFS): every file
+// stat()ed every kRecheck, on a thread of its own, so that a hung network
+// file system holds up this thread, never the lookups.
+void Reloader::recheck_loop() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    recheck_wake_.wait_for(lock, kRecheck, [this] { return stopping_; });
+    if (stopping_ || loading_) continue;
+    auto files = stamps_;
+    lock.unlock();
+    std::string saw;
+    for (auto& [path, was] : files)
+      if (stamp(path) != was) {
+        saw = path;
+        break;
+      }
+    lock.lock();
+    // A load that ran meanwhile has seen the files as they are now.
+    if (!saw.empty() && !loading_ && stamps_ == files) recheck_saw_ = saw;
+  }
 }
 
 void Reloader::request(const std::string& why, bool forced, Waiter waiter) {
   log_line(LOG_INFO, fmt::format("reloading: {}", why));
-  if (waiter) next_waiters_.push_back(std::move(waiter));
-  if (running_) {
-    pending_ = true;
-    pending_forced_ |= forced;
+  if (waiter) (forced ? forced_waiters_ : plain_waiters_).push_back(std::move(waiter));
+  (forced ? want_forced_ : want_plain_) = true;
+  if (!running_) start_next();
+}
+
+// Starts the next reload asked for: a forced one first (it skips the shrink
+// guard for the admin who asked), then a guarded one. A forced request never
+// lifts the guard from a file change waiting behind it.
+void Reloader::start_next() {
+  bool forced;
+  if (want_forced_) {
+    forced = true;
+    want_forced_ = false;
+    running_waiters_ = std::move(forced_waiters_);
+    forced_waiters_.clear();
+  } else if (want_plain_) {
+    forced = false;
+    want_plain_ = false;
+    running_waiters_ = std::move(plain_waiters_);
+    plain_waiters_.clear();
+  } else {
     return;
   }
   running_ = true;
-  running_waiters_ = std::move(next_waiters_);
-  next_waiters_.clear();
-  sd_notifyf(0, "RELOADING=1\nSTATUS=reloading: %s", why.c_str());
+  sd_notify(0, "RELOADING=1\nSTATUS=reloading");
   if (worker_.joinable()) worker_.join();
   std::shared_ptr<const Snapshot> current;
+  std::vector<std::string> known;
   {
     std::lock_guard lock(mutex_);
     current = current_;
+    loading_ = true;
+    for (auto& [f, st] : stamps_) known.push_back(f);
   }
-  worker_ = std::thread([this, forced, current = std::move(current)] {
+  worker_ = std::thread([this, forced, current = std::move(current), known = std::move(known)] {
     // Lower priority than the event loop: lookups go first, the build waits.
     setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 10);
+    // Files are stat()ed before they are read: a change during the load
+    // then differs from what is recorded, and the periodic check sees it.
+    std::map<std::string, Stamp> stamps;
+    for (auto& f : known) stamps[f] = stamp(f);
     auto t0 = Clock::now();
     LoadResult r = guarded_load(config_, current, forced);
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    std::map<std::string, Stamp> stamps;
-    for (auto& f : r.files) stamps[f] = stamp(f);
+    for (auto& f : r.files)
+      if (!stamps.count(f)) stamps[f] = stamp(f);
     {
       std::lock_guard lock(mutex_);
       result_ = std::move(r);
@@ -281,9 +351,14 @@ void Reloader::on_done() {
     std::lock_guard lock(mutex_);
     r = std::move(result_);
     ms = ms_;
+    loading_ = false;
     // A failed load keeps the files it did read in view too.
-    if (r.snapshot) stamps_.clear();
-    for (auto& [f, s] : result_stamps_) stamps_[f] = s;
+    if (r.snapshot) {
+      stamps_.clear();
+      for (auto& f : r.files) stamps_[f] = result_stamps_[f];
+    } else {
+      for (auto& [f, st] : result_stamps_) stamps_[f] = st;
+    }
   }
   running_ = false;
   watch_files(r.files, r.snapshot != nullptr);  // a failed load keeps watching the old files too
@@ -301,11 +376,7 @@ void Reloader::on_done() {
   on_done_(std::move(r), ms);
   for (auto& w : running_waiters_) w(ok, text);
   running_waiters_.clear();
-  if (pending_) {
-    bool forced = pending_forced_;
-    pending_ = pending_forced_ = false;
-    request("another change arrived during the reload", forced);
-  }
+  start_next();  // what arrived during this reload
 }
 
 }  // namespace tlspolicy

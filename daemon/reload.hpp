@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -72,7 +73,8 @@ class Reloader {
     bool operator==(const Stamp&) const = default;
   };
   static Stamp stamp(const std::string& path);
-  void recheck();
+  void recheck_loop();
+  void start_next();
 
   std::string config_;
   std::function<void(LoadResult, double)> on_done_;
@@ -80,15 +82,21 @@ class Reloader {
   std::map<int, std::string> dirs_;             // watch descriptor -> directory
   std::set<std::pair<std::string, std::string>> names_;  // (directory, file name) to react to
   std::set<std::string> unwatchable_;                    // missing directories, warned about once
-  std::map<std::string, Stamp> stamps_;                  // every file read, as the last load saw it
-  std::thread worker_, reaper_;
-  bool running_ = false, pending_ = false, pending_forced_ = false;
-  std::vector<Waiter> next_waiters_, running_waiters_;
+  std::map<std::string, Stamp> stamps_;  // every file read, as the last load saw it (mutex_)
+  std::thread worker_, reaper_, checker_;
+  bool running_ = false;
+  // Reloads asked for while one runs: forced and guarded ones kept apart.
+  bool want_forced_ = false, want_plain_ = false;
+  std::vector<Waiter> forced_waiters_, plain_waiters_, running_waiters_;
+  // The periodic check's thread (all under mutex_).
+  std::condition_variable recheck_wake_;
+  bool stopping_ = false, loading_ = false;
+  std::string recheck_saw_;  // a file it saw change
   bool watching_ = false;  // the first watch_files() has run
   // A change waiting for the files to settle.
   bool settling_ = false;
   std::string settle_why_;
-  Clock::time_point settle_first_{}, settle_last_{}, next_recheck_{};
+  Clock::time_point settle_first_{}, settle_last_{};
   std::mutex mutex_;  // guards the worker's hand-over below
   LoadResult result_;
   std::map<std::string, Stamp> result_stamps_;

@@ -70,16 +70,30 @@ bool cipher_list_char(char c) {
 
 // fingerprint match= is a list of hex byte pairs separated by ':' per byte,
 // several fingerprints separated by '|' (Postfix accepts "|" inside one attribute).
+// Postfix reads a fingerprint as hex byte pairs, each optionally followed
+// by ':' (hex_decode_opt with HEX_DECODE_FLAG_ALLOW_COLON); several are
+// separated by '|'. At least 16 bytes (MD5, the shortest digest).
 bool hex_fingerprint(std::string_view v) {
+  auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
   for (auto fp : split(v, "|")) {
-    auto bytes = split(fp, ":");
-    if (bytes.size() < 16) return false;
-    for (auto b : bytes)
-      if (b.size() != 2 || !std::isxdigit(static_cast<unsigned char>(b[0])) ||
-          !std::isxdigit(static_cast<unsigned char>(b[1])))
-        return false;
+    size_t bytes = 0, i = 0;
+    while (i < fp.size()) {
+      if (i + 1 >= fp.size() || !hex(fp[i]) || !hex(fp[i + 1])) return false;
+      i += 2;
+      ++bytes;
+      if (i < fp.size() && fp[i] == ':') {
+        if (i + 1 == fp.size()) return false;
+        ++i;
+      }
+    }
+    if (bytes < 16) return false;
   }
   return true;
+}
+
+// Postfix's valid_hostname(): a DNS name that is not all digits and dots.
+bool postfix_hostname(std::string_view v) {
+  return v.size() <= 255 && valid_domain_pattern(v) && v.find_first_not_of("0123456789.") != std::string_view::npos;
 }
 
 bool one_of(std::string_view v, std::initializer_list<std::string_view> words) {
@@ -140,7 +154,7 @@ std::string check_attribute(Level level, std::string_view name, std::string_view
   }
   if (name == "servername") {
     // "hostname" and "nexthop" are keywords, compared case-sensitively by Postfix.
-    if (value == "hostname" || value == "nexthop" || valid_domain_pattern(value)) return {};
+    if (value == "hostname" || value == "nexthop" || postfix_hostname(value)) return {};
     return fmt::format("servername={} is neither \"hostname\", \"nexthop\" nor a domain name", value);
   }
   if (name == "tafile") {
@@ -159,7 +173,7 @@ std::string check_attribute(Level level, std::string_view name, std::string_view
     return fmt::format("policy_type={} must be sts or no-policy-found", value);
   }
   if (name == "policy_domain") {
-    if (valid_domain_pattern(value)) return {};
+    if (postfix_hostname(value)) return {};
     return fmt::format("policy_domain={} is not a domain name", value);
   }
   if (name == "policy_failure") {
@@ -170,8 +184,10 @@ std::string check_attribute(Level level, std::string_view name, std::string_view
                        value);
   }
   if (name == "policy_ttl") {
-    for (char c : value)
-      if (c < '0' || c > '9') return fmt::format("policy_ttl={} is not a number of seconds", value);
+    // Digits that fit Postfix's int.
+    bool digits = value.find_first_not_of("0123456789") == std::string_view::npos;
+    if (!digits || value.size() > 10 || std::stoll(std::string(value)) > 2147483647)
+      return fmt::format("policy_ttl={} is not a number of seconds (at most 2147483647)", value);
     return {};
   }
   if (name == "policy_string" || name == "mx_host_pattern") return {};

@@ -37,7 +37,7 @@ def main():
     with open(conf, "w") as f:
         f.write(f"""
 outbound = ( {{ name = "partner"; level = "encrypt"; to = [ "partner.test" ]; }} );
-daemon = {{ socketmap = [ "inet:127.0.0.1:{port}" ]; log_all_lookups = true; }};
+daemon = {{ socketmap = [ "inet:127.0.0.1:{port}" ]; log_all_lookups = true; control = ""; }};
 """)
     r, w = os.pipe()
     d = subprocess.Popen([DAEMON, "-f", "-c", conf], stderr=w, stdin=subprocess.DEVNULL)

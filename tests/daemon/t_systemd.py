@@ -36,7 +36,7 @@ def check(name, ok, detail=""):
 def conf_text(port):
     return f"""
 outbound = ( {{ name = "partner"; level = "encrypt"; to = [ "partner.test" ]; }} );
-daemon = {{ socketmap = [ "inet:127.0.0.1:{port}" ]; }};
+daemon = {{ socketmap = [ "inet:127.0.0.1:{port}" ]; control = ""; }};
 """
 
 

@@ -117,7 +117,7 @@ outbound = (
   {{ name = "partner"; level = "encrypt"; to = [ "partner.test" ]; }}
 );
 {extra}
-daemon = {{ socketmap = [ "inet:127.0.0.1:@PORT@" ]; log_rule_lookups = false; }};
+daemon = {{ socketmap = [ "inet:127.0.0.1:@PORT@" ]; log_rule_lookups = false; control = ""; }};
 """
 
 
@@ -338,6 +338,54 @@ def empty_and_guard(tmp):
         d.stop()
 
 
+def guard_cases(tmp):
+    """What the shrink guard must see: losses by text, a weaker default, its own switch."""
+    lists = os.path.join(tmp, "lists")
+    os.makedirs(lists)
+    a, b = os.path.join(lists, "a.list"), os.path.join(lists, "b.list")
+    write(a, "".join(f"old{i}.test\n" for i in range(20)))
+    write(b, "")
+    text = """
+default = "encrypt";
+outbound = ( { name = "force"; level = "encrypt"; to_lists = [ "lists/a.list", "lists/b.list" ]; } );
+daemon = { socketmap = [ "inet:127.0.0.1:@PORT@" ]; log_rule_lookups = false; control = ""; };
+"""
+    d = Daemon(tmp, text)
+    try:
+        check("guard cases: start", d.wait_for("old5.test", "OK encrypt", 3)[0])
+        # 20 entries go from a.list while 20 new ones arrive in b.list: same count, 20 lost.
+        write(b, "".join(f"new{i}.test\n" for i in range(20)))
+        write(a, "")
+        time.sleep(2.5)
+        check("guard cases: a list emptied while another grows as much is refused (old5.test still encrypt)",
+              d.ask("old5.test") == "OK encrypt" and "would remove 20 of the 20 entries" in d.logtext(),
+              d.logtext()[-800:])
+        d.p.send_signal(signal.SIGHUP)
+        # (new5.test answers encrypt by the default before too: wait for the reload itself.)
+        t0 = time.time()
+        while time.time() - t0 < DEADLINE and "reloaded" not in d.logtext():
+            time.sleep(0.05)
+        check("guard cases: ... SIGHUP loads it", "reloaded" in d.logtext() and "20 destination entries" in d.logtext())
+        # The default that enforced TLS, removed.
+        conf_text = open(d.conf).read()
+        write(d.conf, conf_text.replace('default = "encrypt";', ""))
+        time.sleep(2.5)
+        check("guard cases: removing default = encrypt is refused (unlisted.test still encrypt)",
+              d.ask("unlisted.test") == "OK encrypt" and "would weaken the default from encrypt" in d.logtext(),
+              d.logtext()[-800:])
+        write(d.conf, conf_text)
+        time.sleep(1.5)
+        # One edit that switches the guard off and drops the entries: the
+        # guard being served judges it.
+        write(d.conf, conf_text.replace("log_rule_lookups = false;", "log_rule_lookups = false; reload_guard = 100;"))
+        write(b, "")
+        time.sleep(2.5)
+        check("guard cases: an edit cannot switch off the guard that judges it (new5.test still encrypt)",
+              d.ask("new5.test") == "OK encrypt", d.logtext()[-800:])
+    finally:
+        d.stop()
+
+
 def bad_files(tmp):
     """Huge sparse list, FIFO list: errors, and the daemon keeps serving."""
     lists = os.path.join(tmp, "lists")
@@ -454,7 +502,7 @@ def start_snapshot_freed(tmp):
 
 def main():
     for name, fn in [("edits", edit_paths), ("dirswap", dir_swap), ("truncate", truncate_under_load),
-                     ("empty", empty_and_guard), ("badfiles", bad_files), ("include", absolute_include),
+                     ("empty", empty_and_guard), ("guard", guard_cases), ("badfiles", bad_files), ("include", absolute_include),
                      ("user", unreadable_as_user), ("rss", start_snapshot_freed)]:
         if len(sys.argv) > 3 and name not in sys.argv[3:]:
             continue

@@ -143,6 +143,17 @@ TEST_CASE("policy values: levels, aliases and attribute validation") {
       {"secure policy_type=sts policy_failure=timeout", "!policy_failure=timeout must be"},
       {"secure policy_type=sts policy_domain=exa_mple..com", "!is not a domain name"},
       {"secure policy_type=sts { policy_string = x", "!without its"},
+      // Postfix's valid_hostname() refuses all-numeric names; policy_ttl is an int.
+      {"secure servername=192.0.2.1", "!neither"},
+      {"secure policy_type=sts policy_domain=12345", "!is not a domain name"},
+      {"secure policy_type=sts policy_ttl=99999999999", "!policy_ttl=99999999999"},
+      {"secure policy_type=sts policy_ttl=86400", "secure policy_type=sts policy_ttl=86400"},
+      // Fingerprint colons are optional between byte pairs.
+      {"fingerprint match=3D9534512466333B9D24099C0C1170BD1", "!not a certificate fingerprint"},
+      {"fingerprint match=3D95345124663" "33B9D24099C0C1170B", "!not a certificate fingerprint"},  // 31 digits
+      {"fingerprint match=3D9534512466" "33B9D24099C0C1170BD1", "fingerprint match=3D953451246633B9D24099C0C1170BD1"},
+      {"fingerprint match=3D:95345124663" "3B9D24099C0C1170BD1", "fingerprint match=3D:953451246633B9D24099C0C1170BD1"},
+      {"fingerprint match=3D:95:", "!not a certificate fingerprint"},
       {"secure match=example.com tafile=/etc/ssl/ta.pem", "secure match=example.com tafile=/etc/ssl/ta.pem"},
       {"fingerprint match=3D:95:34:51:24:66:33:B9:D2:40:99:C0:C1:17:0B:D1",
        "fingerprint match=3D:95:34:51:24:66:33:B9:D2:40:99:C0:C1:17:0B:D1"},

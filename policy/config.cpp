@@ -11,10 +11,12 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <libconfig.h++>
 #include <sstream>
 #include <span>
 #include <thread>
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -277,7 +279,10 @@ void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, D
   // A FIFO or device would block the loader for good, and a sparse file of
   // terabytes would have it reserve memory for it: neither is a list.
   struct stat st{};
-  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+  int probe = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // never blocks, not even on a FIFO
+  bool regular = probe < 0 || (fstat(probe, &st) == 0 && S_ISREG(st.st_mode));
+  if (probe >= 0) ::close(probe);
+  if (!regular) {
     error(at, fmt::format("list file \"{}\" is not a regular file", path));
     return;
   }
@@ -705,6 +710,30 @@ void Loader::read_settings(const Setting& root) {
 // config's (unshare(CLONE_FS) gives one thread its own cwd, leaving the
 // process's alone): relative includes resolve against the config's directory
 // as before, absolute ones are used as written.
+// libconfig opens @include files itself, and a FIFO there would block the
+// loader for good: every file the configuration includes (recursively, as
+// libconfig resolves them: relative to the main file's directory) must be
+// a regular file. Returns the first that is not, with why.
+std::optional<std::pair<std::string, std::string>> irregular_include(const std::string& file, const std::string& dir,
+                                                                     int depth) {
+  struct stat st{};
+  if (::stat(file.c_str(), &st) != 0) return std::nullopt;  // libconfig reports a missing file itself
+  if (!S_ISREG(st.st_mode)) return std::pair{file, std::string("not a regular file")};
+  if (depth > 10) return std::pair{file, std::string("@include nested more than 10 deep")};
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto at = line.find_first_not_of(" \t");
+    if (at == std::string::npos || line.compare(at, 8, "@include") != 0) continue;
+    auto q1 = line.find('"', at + 8), q2 = q1 == std::string::npos ? q1 : line.find('"', q1 + 1);
+    if (q2 == std::string::npos) continue;
+    std::string inc = line.substr(q1 + 1, q2 - q1 - 1);
+    if (!inc.starts_with("/")) inc = dir + "/" + inc;
+    if (auto bad = irregular_include(inc, dir, depth + 1)) return bad;
+  }
+  return std::nullopt;
+}
+
 void Loader::parse(libconfig::Config& cfg) {
   std::exception_ptr failed;
   auto base = path_.substr(path_.rfind('/') + 1);
@@ -733,6 +762,10 @@ LoadResult Loader::run() {
     std::ifstream probe;
     if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
       error(path_, 0, "the configuration is not a regular file");
+      return std::move(result_);
+    }
+    if (auto bad = irregular_include(path_, dir_, 0); bad && bad->first != path_) {
+      error(path_, 0, fmt::format("@include \"{}\": {}", bad->first, bad->second));
       return std::move(result_);
     }
     probe.open(path_);

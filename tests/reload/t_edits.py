@@ -417,6 +417,30 @@ def bad_files(tmp):
         d.stop()
 
 
+def fifo_include(tmp):
+    """A FIFO where an @include file was: an error, and the loader is not stuck."""
+    os.makedirs(os.path.join(tmp, "lists"))
+    write(os.path.join(tmp, "lists", "force.list"), list_text())
+    inc = os.path.join(tmp, "inc.conf")
+    write(inc, 'default = "encrypt";\n')
+    d = Daemon(tmp, conf(extra='@include "inc.conf"\n'))
+    try:
+        check("fifo include: start", d.wait_for("unlisted.test", "OK encrypt", 3)[0])
+        os.unlink(inc)
+        os.mkfifo(inc)
+        time.sleep(3)
+        log = d.logtext()
+        check("fifo include: a FIFO as an @include file is a load error", 'inc.conf": not a regular file' in log,
+              log[-800:])
+        os.unlink(inc)
+        write(inc, 'default = "verify";\n')
+        ok, got = d.wait_for("unlisted.test", "OK verify")
+        check("fifo include: the next good file reloads (the loader is not stuck)", ok, f"got {got!r}")
+    finally:
+        d.stop()
+    check("fifo include: the daemon stops cleanly", d.p.returncode == 0, f"exit {d.p.returncode}")
+
+
 def absolute_include(tmp):
     other = tempfile.mkdtemp(prefix="tlspolicy-inc-")
     try:
@@ -502,7 +526,7 @@ def start_snapshot_freed(tmp):
 
 def main():
     for name, fn in [("edits", edit_paths), ("dirswap", dir_swap), ("truncate", truncate_under_load),
-                     ("empty", empty_and_guard), ("guard", guard_cases), ("badfiles", bad_files), ("include", absolute_include),
+                     ("empty", empty_and_guard), ("guard", guard_cases), ("badfiles", bad_files), ("fifoinclude", fifo_include), ("include", absolute_include),
                      ("user", unreadable_as_user), ("rss", start_snapshot_freed)]:
         if len(sys.argv) > 3 and name not in sys.argv[3:]:
             continue

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <libconfig.h++>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +58,8 @@ std::string ask_daemon(const std::string& path, const std::string& request, std:
     return "";
   }
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  timeval tv{150, 0};  // a reload of a huge policy takes seconds; a daemon that hangs must not hang us
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
     *body = fmt::format("{}: {} (is tlspolicyd running, and are you root or its daemon.user?)\n", path,
                         std::strerror(errno));
@@ -75,11 +78,31 @@ std::string ask_daemon(const std::string& path, const std::string& request, std:
 }
 
 // Where the daemon listens for control requests: --socket, else the
-// config's daemon.control (its default when the file cannot be loaded).
-std::string control_path(const std::string& socket, const std::string& config) {
+// config's daemon.control, read alone (not the whole policy: a 1M-entry one
+// takes seconds). A config that cannot be read is an error, never a guess:
+// another daemon may answer at the default path.
+std::optional<std::string> control_path(const std::string& socket, const std::string& config, std::string* error) {
   if (!socket.empty()) return socket;
-  LoadResult r = load_policy(config);
-  return r.snapshot ? r.snapshot->settings.daemon.control : DaemonSettings{}.control;
+  libconfig::Config cfg;
+  auto slash = config.rfind('/');
+  cfg.setIncludeDir(slash == std::string::npos ? "." : config.substr(0, slash).c_str());
+  try {
+    cfg.readFile(config.c_str());
+  } catch (const libconfig::ParseException& e) {
+    *error = fmt::format("{}:{}: {}: cannot find daemon.control there; give --socket PATH", e.getFile() ? e.getFile() : config,
+                         e.getLine(), e.getError());
+    return std::nullopt;
+  } catch (const std::exception&) {
+    *error = fmt::format("{}: cannot read it to find daemon.control; give --socket PATH", config);
+    return std::nullopt;
+  }
+  std::string path = DaemonSettings{}.control;
+  cfg.lookupValue("daemon.control", path);
+  if (path.empty()) {
+    *error = fmt::format("{}: daemon.control is \"\": this daemon has no control socket", config);
+    return std::nullopt;
+  }
+  return path;
 }
 
 int usage(const char* problem) {
@@ -373,9 +396,13 @@ int main(int argc, char** argv) {
   }
   if (cmd == "status" || cmd == "reload") {
     if (!keys.empty()) return usage(fmt::format("{} takes no keys", cmd).c_str());
-    std::string body;
-    std::string head = ask_daemon(control_path(socket, config), cmd == "status" ? "status" : force ? "reload force" : "reload",
-                                  &body);
+    std::string body, err;
+    auto path = control_path(socket, config, &err);
+    if (!path) {
+      fmt::print(stderr, "tlspolicy: {}\n", err);
+      return 2;
+    }
+    std::string head = ask_daemon(*path, cmd == "status" ? "status" : force ? "reload force" : "reload", &body);
     fmt::print(head == "OK" ? stdout : stderr, "{}", body);
     return head == "OK" ? 0 : head.empty() ? 2 : 1;
   }
@@ -383,7 +410,13 @@ int main(int argc, char** argv) {
   if (keys.empty()) return usage("query needs a KEY (or - for keys on stdin)");
   if (daemon) {
     // The snapshot the daemon serves, which may differ from the files now.
-    std::string path = control_path(socket, config);
+    std::string err;
+    auto found = control_path(socket, config, &err);
+    if (!found) {
+      fmt::print(stderr, "tlspolicy: {}\n", err);
+      return 2;
+    }
+    std::string path = *found;
     bool any = false;
     for (auto& k : keys) {
       std::string body;

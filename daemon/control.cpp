@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "policy/maps.hpp"
@@ -72,7 +73,9 @@ void ControlServer::start(const PolicyHolder& holder, Hooks hooks) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         return;  // stop() shut the socket down
       }
+      client_fd_ = fd;
       serve_one(fd);
+      client_fd_ = -1;
       ::close(fd);
     }
   });
@@ -81,6 +84,8 @@ void ControlServer::start(const PolicyHolder& holder, Hooks hooks) {
 void ControlServer::stop() {
   if (listen_fd_ < 0) return;
   ::shutdown(listen_fd_, SHUT_RDWR);  // wakes accept()
+  int client = client_fd_;
+  if (client >= 0) ::shutdown(client, SHUT_RDWR);  // and a client in the middle of a request
   if (thread_.joinable()) thread_.join();
   ::close(listen_fd_);
   listen_fd_ = -1;
@@ -88,16 +93,19 @@ void ControlServer::stop() {
 }
 
 void ControlServer::serve_one(int fd) {
-  timeval tv{5, 0};
+  // One request line within 5 s in all, however slowly it trickles in.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  timeval tv{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   std::string line;
   char buf[1024];
-  while (line.find('\n') == std::string::npos && line.size() < 4096) {
+  while (line.find('\n') == std::string::npos && line.size() < 4096 && std::chrono::steady_clock::now() < deadline) {
     ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n <= 0) break;
-    line.append(buf, size_t(n));
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+    if (n > 0) line.append(buf, size_t(n));
   }
+  if (line.find('\n') == std::string::npos) return;  // incomplete: no answer
   line = line.substr(0, line.find('\n'));
   if (!line.empty() && line.back() == '\r') line.pop_back();
   std::string reply;

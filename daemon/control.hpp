@@ -9,6 +9,7 @@
 // Served by one thread of its own with blocking I/O and timeouts: requests
 // are rare and small, and lookups never wait for it.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <string>
 #include <thread>
@@ -36,6 +37,7 @@ class ControlServer {
   void serve_one(int fd);
   std::string path_;
   int listen_fd_ = -1;
+  std::atomic<int> client_fd_{-1};  // the connection being served, for stop()
   const PolicyHolder* holder_ = nullptr;
   Hooks hooks_;
   std::thread thread_;

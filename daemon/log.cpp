@@ -30,7 +30,7 @@ std::condition_variable g_wake, g_idle;
 std::deque<Line> g_queue;  // guarded by g_mutex, as are the fields below
 size_t g_queued_bytes = 0;
 unsigned long g_dropped = 0;
-bool g_running = false, g_stopping = false, g_writing = false;
+bool g_running = false, g_stopping = false, g_writing = false, g_stalled = false;
 std::thread g_writer;
 
 // The timestamp prefix is formatted once per second, not once per line
@@ -119,23 +119,25 @@ void log_start() {
   g_writer = std::thread(writer);
 }
 
-void log_stop() {
+bool log_stop() {
   {
     std::unique_lock lock(g_mutex);
-    if (!g_running) return;
+    if (!g_running) return !g_stalled;
     g_wake.notify_one();
     // A stalled log must not hold up the exit for long.
     g_idle.wait_for(lock, std::chrono::seconds(2), [] { return g_queue.empty() && !g_writing; });
     if (!g_queue.empty() || g_writing) {
       g_writer.detach();  // stuck in a write; exit without it
       g_running = false;
-      return;
+      g_stalled = true;
+      return false;
     }
     g_stopping = true;
     g_running = false;
   }
   g_wake.notify_one();
   g_writer.join();
+  return true;
 }
 
 void log_line(int priority, const std::string& text) { enqueue(priority, text, true); }

@@ -18,8 +18,9 @@ void log_init(bool to_stderr);
 // Before it, and after log_stop(), lines are written at once.
 void log_start();
 // Writes what is queued (waiting at most about two seconds for a stalled
-// log) and stops the writer thread.
-void log_stop();
+// log) and stops the writer thread. False when the log is stalled: the
+// writer is left blocked, and nothing more should be written to the log.
+bool log_stop();
 void log_line(int priority, const std::string& text);
 // For the event loop's per-lookup lines: queued without waking the writer,
 // which log_flush() does once per loop round (one write for many lines).

@@ -56,8 +56,15 @@ constexpr const char* kUsage =
 int g_ready_fd = -1;  // write end of the pipe the parent waits on (background mode)
 
 [[noreturn]] void fatal(const std::string& msg) {
-  log_stop();  // what is queued first, then this line, at once
-  log_line(LOG_ERR, msg);
+  // What is queued first, then this line, at once; with a stalled log,
+  // one non-blocking attempt on stderr, and exit either way.
+  if (log_stop()) {
+    log_line(LOG_ERR, msg);
+  } else {
+    fcntl(2, F_SETFL, fcntl(2, F_GETFL) | O_NONBLOCK);
+    std::string line = "tlspolicyd: error: " + msg + "\n";
+    (void)!::write(2, line.data(), line.size());
+  }
   if (g_ready_fd >= 0) (void)!::write(g_ready_fd, msg.data(), msg.size());
   _exit(1);
 }
@@ -147,6 +154,13 @@ int main(int argc, char** argv) {
   }
   config = absolute(config);
   if (!pidfile.empty()) pidfile = absolute(pidfile);
+  // Blocked from the start: a SIGHUP or SIGTERM during a long first load
+  // waits for the signalfd instead of killing the process, and every thread
+  // started later inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&sigs, s);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   log_init(true);
   auto t0 = std::chrono::steady_clock::now();
   LoadResult first = load_policy(config);
@@ -168,10 +182,6 @@ int main(int argc, char** argv) {
     fclose(f);
   }
   signal(SIGPIPE, SIG_IGN);
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&sigs, s);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // threads started later inherit this
   log_start();
   int sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 
@@ -283,9 +293,11 @@ int main(int argc, char** argv) {
     server.set_options(nd.log_all_lookups, nd.log_rule_lookups, nd.max_connections,
                        std::chrono::seconds(nd.idle_timeout));
     auto old = server.set_policy(r.snapshot);
-    holder.store(r.snapshot);
+    if (metrics)
+      metrics->publish(holder, r.snapshot, *old);
+    else
+      holder.store(r.snapshot);
     reloader.set_current(r.snapshot);
-    if (metrics) metrics->retire(*old);
     stats().reloads_ok.add();
     stats().loaded_unix = ::time(nullptr);
     reloader.retire(std::move(old));
@@ -342,9 +354,10 @@ int main(int argc, char** argv) {
       ok += st.lookups[m][0].get(), nf += st.lookups[m][1].get(), temp += st.lookups[m][2].get(),
           perm += st.lookups[m][3].get();
     out += fmt::format("reloads: {} ok, {} failed\n", st.reloads_ok.get(), st.reloads_failed.get());
+    uint64_t closed = st.connections_closed.get(), accepted = st.connections_accepted.get();  // (in this order)
     out += fmt::format("socketmap: {} connections open ({} accepted, {} refused at the limit); lookups {} OK, {} "
                        "NOTFOUND, {} TEMP, {} PERM; {} malformed\n",
-                       st.connections_accepted.get() - st.connections_closed.get(), st.connections_accepted.get(),
+                       accepted - std::min(closed, accepted), accepted,
                        st.connections_refused.get(), ok, nf, temp, perm, st.malformed_requests.get());
     out += fmt::format("milter: {} sessions; headers {} Require, {} Try; {} rejected, {} tempfailed, {} would-reject "
                        "(monitor), {} errors\n",

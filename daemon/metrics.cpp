@@ -20,9 +20,10 @@ class Metrics::Collector : public prometheus::Collectable {
  public:
   explicit Collector(const PolicyHolder& holder) : holder_(holder) {}
 
-  void retire(const Snapshot& old) {
+  void publish(PolicyHolder& holder, std::shared_ptr<const Snapshot> now, const Snapshot& old) {
     std::lock_guard lock(mutex_);
     for (size_t i = 0; i < old.rules.size(); ++i) retired_[old.rules[i].name] += old.rule_hits[i].get();
+    holder.store(std::move(now));
   }
 
   std::vector<MetricFamily> Collect() const override {
@@ -76,7 +77,8 @@ class Metrics::Collector : public prometheus::Collectable {
     counter(conns, {{"event", "refused"}}, double(st.connections_refused.get()));
     counter(conns, {{"event", "closed"}}, double(st.connections_closed.get()));
     auto& open = family("tlspolicy_connections", "Socketmap connections open now", MetricType::Gauge);
-    gauge(open, {}, double(st.connections_accepted.get()) - double(st.connections_closed.get()));
+    uint64_t closed = st.connections_closed.get();  // first: a connection is counted accepted before closed
+    gauge(open, {}, double(st.connections_accepted.get() - std::min(closed, st.connections_accepted.get())));
 
     auto& errors = family("tlspolicy_client_errors_total", "Malformed socketmap requests and timed-out clients",
                           MetricType::Counter);
@@ -102,7 +104,13 @@ class Metrics::Collector : public prometheus::Collectable {
                  MetricType::Gauge),
           {}, double(st.loaded_unix.load(std::memory_order_relaxed)));
 
-    auto snap = holder_.load();
+    std::shared_ptr<const Snapshot> snap;
+    std::map<std::string, uint64_t> hits;
+    {
+      std::lock_guard lock(mutex_);
+      snap = holder_.load();
+      hits = retired_;
+    }
     if (snap) {
       auto& rules = family("tlspolicy_policy_rules", "Rules in the policy being served", MetricType::Gauge);
       gauge(rules, {{"direction", "outbound"}}, double(snap->rule_count(Direction::outbound)));
@@ -111,11 +119,6 @@ class Metrics::Collector : public prometheus::Collectable {
                              MetricType::Gauge);
       gauge(entries, {{"enforcing", "yes"}}, double(snap->enforcing_entries()));
       gauge(entries, {{"enforcing", "no"}}, double(snap->entries.size() - snap->enforcing_entries()));
-      std::map<std::string, uint64_t> hits;
-      {
-        std::lock_guard lock(mutex_);
-        hits = retired_;
-      }
       for (size_t i = 0; i < snap->rules.size(); ++i) hits[snap->rules[i].name] += snap->rule_hits[i].get();
       auto& h = family("tlspolicy_rule_hits_total", "Socketmap lookups decided by each rule (by rule name)",
                        MetricType::Counter);
@@ -141,6 +144,8 @@ Metrics::Metrics(const std::string& endpoint, const PolicyHolder& holder)
 
 Metrics::~Metrics() = default;
 
-void Metrics::retire(const Snapshot& old) { collector_->retire(old); }
+void Metrics::publish(PolicyHolder& holder, std::shared_ptr<const Snapshot> now, const Snapshot& old) {
+  collector_->publish(holder, std::move(now), old);
+}
 
 }  // namespace tlspolicy

@@ -21,9 +21,10 @@ class Metrics {
   // Binds "inet:IP:PORT" (before privileges are dropped); throws on failure.
   Metrics(const std::string& endpoint, const PolicyHolder& holder);
   ~Metrics();
-  // A snapshot is being replaced: keep its rule hits, so the counters of a
-  // rule that survives a reload keep counting up.
-  void retire(const Snapshot& old);
+  // Serves `now` in place of `old`, keeping old's rule hits, so the counter
+  // of a rule that survives a reload keeps counting up; one step for a
+  // scrape (no dip between the two).
+  void publish(PolicyHolder& holder, std::shared_ptr<const Snapshot> now, const Snapshot& old);
 
  private:
   class Collector;

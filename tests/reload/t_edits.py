@@ -145,14 +145,17 @@ def edit_paths(tmp):
         check("edit paths: daemon serves the list", ok, f"got {got!r}")
         n = [0]
 
-        def step(name, do):
+        def step(name, do, old_goes=True):
             n[0] += 1
             key = f"p{n[0]}.test"
             do(key)
             ok, got = d.wait_for(key, "OK encrypt")
             check(f"edit path {name}: {key} served as encrypt within {DEADLINE:.0f} s", ok, f"got {got!r}")
-            ok2, got2 = d.wait_for("keep3.test", "OK encrypt", 1)
-            check(f"edit path {name}: the rest of the list still encrypt", ok2, f"got {got2!r}")
+            rest = [d.ask(f"keep{i}.test") for i in (0, 3, 19)]
+            check(f"edit path {name}: the rest of the list still encrypt", rest == ["OK encrypt"] * 3, f"got {rest!r}")
+            if old_goes and n[0] > 1:
+                prev = d.ask(f"p{n[0] - 1}.test")
+                check(f"edit path {name}: the previous key p{n[0] - 1}.test is gone", prev == "NOTFOUND ", f"got {prev!r}")
 
         step("in-place write", lambda k: write(f, list_text(k)))
 
@@ -173,7 +176,8 @@ def edit_paths(tmp):
             os.unlink(f + "~")
         step("rename away, write anew (vim backup)", vim_backup)
 
-        step("sed -i", lambda k: subprocess.run(["sed", "-i", f"s/^keep19.test$/keep19.test\\n{k}/", f], check=True))
+        step("sed -i", lambda k: subprocess.run(["sed", "-i", f"s/^keep19.test$/keep19.test\\n{k}/", f], check=True),
+             old_goes=False)  # (sed adds a line: the previous key stays)
 
         # From here the list is a symlink into versions/.
         vers = os.path.join(tmp, "versions")

@@ -403,6 +403,8 @@ void Loader::read_outbound(const Setting& r, int index) {
                         "enforce TLS (encrypt or stricter)",
                         rule.name, level_name(rule.policy.level)));
   bool sub = r.exists("subdomains") ? bool(r["subdomains"]) : snap_->settings.subdomains;
+  rule.has_to = has_to;
+  rule.has_from = has_from;
   uint32_t id = add_rule(std::move(rule));
   add_entries(r, "to", "to_lists", snap_->destinations, Dimension::destination, sub, id);
   add_entries(r, "from", "from_lists", snap_->senders, Dimension::sender, sub, id);

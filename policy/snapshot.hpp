@@ -40,6 +40,7 @@ struct Rule {
   TlsPolicy policy;
   std::string transport;  // per-rule override of Settings::transport (and bounce_transport)
   OnFailure on_failure = OnFailure::inherit;
+  bool has_to = false, has_from = false;  // destination / sender entries (for tlspolicy postfix-config)
   // inbound
   bool require_tls = true;
   int min_bits = 0;

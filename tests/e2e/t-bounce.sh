@@ -28,6 +28,8 @@
 #   4. bounce rule, STARTTLS: delivered over TLS, no DSN.
 #   5. one message to vip@rcpt.test (address bounce rule) and other@rcpt.test
 #      (may): vip bounces to the sender, other is delivered in plaintext.
+#   6. sender rule with on_failure bounce (sender_dependent_default_transport_maps):
+#      mail from cfo@home.test to a domain without a rule bounces back.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -116,7 +118,8 @@ outbound = (
     to = [ "bounce-plain.test", "bounce-tls.test" ]; },
   { name = "defer-domains"; level = "encrypt"; to = [ "defer-plain.test" ]; },
   { name = "may"; level = "may"; to = [ "rcpt.test" ]; },
-  { name = "vip"; level = "encrypt"; on_failure = "bounce"; to = [ "vip@rcpt.test" ]; }
+  { name = "vip"; level = "encrypt"; on_failure = "bounce"; to = [ "vip@rcpt.test" ]; },
+  { name = "cfo"; level = "encrypt"; on_failure = "bounce"; from = [ "cfo@home.test" ]; }
 );
 daemon = { socketmap = [ "inet:127.0.0.1:$TD_PORT" ]; };
 EOF
@@ -125,7 +128,7 @@ e2e_daemon_start tlspolicyd "$TLSPOLICYD" -c "$TD_CONF" -f
 wait_for "_e2e_listening 127.0.0.1 $TD_PORT" 10 || die "tlspolicyd did not start: $(tail -n 5 "$TD_LOG")"
 
 e2e_host bounce-tls.test 127.0.0.2
-for h in bounce-plain.test defer-plain.test rcpt.test; do e2e_host "$h" 127.0.0.3; done
+for h in bounce-plain.test defer-plain.test rcpt.test any.test; do e2e_host "$h" 127.0.0.3; done
 e2e_host home.test 127.0.0.4
 sink_start tls 127.0.0.2 --starttls
 sink_start plain 127.0.0.3
@@ -134,7 +137,8 @@ sink_start home 127.0.0.4
 mkdir -p "$PF_DIR"
 cp "$ROOT/conf/tls-bounce.regexp" "$PF_DIR/tls-bounce.regexp"
 PF_MAIN_EXTRA="smtp_tls_policy_maps = $SM:tls-policy
-transport_maps = $SM:transport"
+transport_maps = $SM:transport
+sender_dependent_default_transport_maps = $SM:sender-transport"
 PF_MASTER_EXTRA="smtp-tls-encrypt unix - - n - - smtp
   -o smtp_tls_security_level=encrypt
   -o smtp_tls_policy_maps=
@@ -228,9 +232,24 @@ else
 fi
 expect_eq "5 vip@rcpt.test never reached the plain sink" "$(sink_n plain vip@rcpt.test)" 0
 
+# ----------------------------------------------- 6. sender bounce rule --
+
+send cfo@home.test u6@any.test
+# shellcheck disable=SC2016
+if wait_for '[ "$(sink_n home cfo@home.test)" -ge 1 ]' 20; then
+    if grep -qi '^Final-Recipient: rfc822; *u6@any.test' <<<"$(dsn_text cfo@home.test)"; then
+        ok "6 sender rule with on_failure bounce: DSN to cfo@home.test for u6@any.test"
+    else
+        fail "6 wrong DSN: $(dsn_text cfo@home.test | head -c 1500)"
+    fi
+else
+    fail "6 no DSN to cfo@home.test; queue: $(q_reasons u6@any.test)"
+fi
+expect_eq "6 u6@any.test never reached the plain sink" "$(sink_n plain u6@any.test)" 0
+
 # no DSN for the defer and the delivered mail
 expect_eq "3/4 no DSN to bob@ (defer) nor carol@ (delivered)" \
     "$(sink_n home bob@home.test)/$(sink_n home carol@home.test)" "0/0"
 expect_eq "3 u2@defer-plain.test still queued" "$(q_reasons u2@defer-plain.test | grep -c 'TLS is required' || true)" 1
 
-e2e_finish 6 t-bounce
+e2e_finish 7 t-bounce

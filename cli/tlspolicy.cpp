@@ -39,6 +39,7 @@ constexpr const char* kUsage =
     "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "       tlspolicy query --daemon [-c FILE | --socket PATH] [-m MAP] [--explain] KEY...\n"
     "       tlspolicy status [-c FILE | --socket PATH]\n"
+    "       tlspolicy postfix-config [-c FILE]   (the main.cf and master.cf lines FILE needs)\n"
     "       tlspolicy reload [--force] [-c FILE | --socket PATH]\n"
     "maps: tls-policy (default), transport, sender-transport, inbound, access\n"
     "--daemon, status and reload ask the running tlspolicyd over its control socket\n"
@@ -338,6 +339,61 @@ int query_stream(const Snapshot& s, MapName map, FILE* in, unsigned threads) {
 
 }  // namespace
 
+// The service part of a "service:nexthop" transport.
+std::string_view service_of(std::string_view transport) { return transport.substr(0, transport.find(':')); }
+
+// `tlspolicy postfix-config`: the main.cf and master.cf lines the loaded
+// policy needs, so what the admin pastes matches what the maps answer.
+int postfix_config(const Snapshot& s, const std::string& config) {
+  const auto& set = s.settings;
+  std::string sm = set.daemon.socketmap.empty() ? "unix:/var/spool/postfix/tlspolicyd/socketmap.sock"
+                                                : set.daemon.socketmap[0];
+  bool routed_to = set.route == Route::enforced, routed_from = false, bounce = false, encrypt = false;
+  std::vector<std::string> own;  // comments on rules with their own transport
+  for (uint32_t i = 0; i < s.rules.size(); ++i) {
+    const Rule& r = s.rules[i];
+    if (r.direction != Direction::outbound || !enforces_tls(r.policy.level)) continue;
+    bool addr = false;
+    for (uint32_t e = 0; e < s.entries.size() && r.has_to && !addr; ++e)
+      addr = s.entries[e].rule == i && s.text(e).find('@') != std::string_view::npos;
+    bool to = (r.has_to || r.is_default) && (addr || s.bounces(i) || set.route == Route::enforced);
+    routed_to |= to;
+    routed_from |= r.has_from;
+    if (!to && !r.has_from) continue;
+    if (!r.transport.empty())
+      own.push_back(fmt::format("# {} ({}) routes to \"{}\": define that service yourself, with -o "
+                                "smtp_tls_security_level={} -o smtp_tls_policy_maps={}",
+                                r.is_default ? std::string("the default") : fmt::format("rule \"{}\"", r.name),
+                                s.where(r), r.transport, level_name(r.policy.level),
+                                s.bounces(i) ? " and the smtp_delivery_status_filter of smtp-tls-bounce" : ""));
+    else if (s.bounces(i))
+      bounce = true;
+    else
+      encrypt = true;
+  }
+  fmt::print("# main.cf, for {}\n", config);
+  fmt::print("smtp_tls_policy_maps = socketmap:{}:tls-policy\n", sm);
+  if (routed_to) fmt::print("transport_maps = socketmap:{}:transport\n", sm);
+  if (routed_from) fmt::print("sender_dependent_default_transport_maps = socketmap:{}:sender-transport\n", sm);
+  if (!set.daemon.milter.empty())
+    fmt::print("smtpd_milters = {{ {}, default_action=tempfail }}\nnon_smtpd_milters = $smtpd_milters\n",
+               set.daemon.milter);
+  if (set.daemon.socketmap.empty() || sm.starts_with("unix:"))
+    fmt::print("# (smtp runs chrooted in /var/spool/postfix on Debian: give the socket's path inside the chroot)\n");
+  if (!bounce && !encrypt && own.empty()) return 0;
+  fmt::print("\n# master.cf\n");
+  if (encrypt)
+    fmt::print("{} unix - - n - - smtp\n  -o smtp_tls_security_level=encrypt\n  -o smtp_tls_policy_maps=\n",
+               service_of(set.transport));
+  if (bounce)
+    fmt::print("{} unix - - n - - smtp\n  -o smtp_tls_security_level=encrypt\n  -o smtp_tls_policy_maps=\n"
+               "  -o smtp_delivery_status_filter=regexp:/etc/postfix/tls-bounce.regexp\n"
+               "# (tls-bounce.regexp ships in tlspolicy's conf/ directory)\n",
+               service_of(set.bounce_transport));
+  for (auto& line : own) fmt::print("{}\n", line);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) return usage(nullptr);
   std::string cmd = argv[1];
@@ -393,6 +449,12 @@ int main(int argc, char** argv) {
     if (!snap) return 1;
     compare_with_postfix(*snap, postconf_dir, verbose);
     return 0;
+  }
+  if (cmd == "postfix-config") {
+    if (!keys.empty()) return usage("postfix-config takes no keys");
+    auto snap = load(config, false);
+    if (!snap) return 1;
+    return postfix_config(*snap, config);
   }
   if (cmd == "status" || cmd == "reload") {
     if (!keys.empty()) return usage(fmt::format("{} takes no keys", cmd).c_str());

@@ -51,11 +51,13 @@ constexpr Key kTopKeys[] = {
     {"transport", Type::string}, {"route", Type::string},       {"outbound", Type::list},
     {"inbound", Type::list},     {"daemon", Type::group},       {"milter", Type::group},
     {"sendmail_min_bits", Type::integer}, {"allow_empty", Type::boolean},
+    {"on_failure", Type::string}, {"bounce_transport", Type::string},
 };
 constexpr Key kOutboundKeys[] = {
     {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
     {"to_lists", Type::strings}, {"from", Type::strings},    {"from_lists", Type::strings},
     {"subdomains", Type::boolean}, {"transport", Type::string}, {"min_cipher_bits", Type::integer},
+    {"on_failure", Type::string},
 };
 constexpr Key kInboundKeys[] = {
     {"name", Type::string},         {"from", Type::strings},       {"from_lists", Type::strings},
@@ -174,6 +176,8 @@ class Loader {
   bool check_keys(const Setting& group, std::span<const Key> keys, std::string_view what);
   std::vector<Item> strings(const Setting& s);
   void read_settings(const Setting& root);
+  std::optional<OnFailure> parse_on_failure(const Setting& v);
+  void check_bounce_rules();
   void read_daemon(const Setting& g);
   void read_milter(const Setting& g);
   void read_outbound(const Setting& r, int index);
@@ -414,6 +418,10 @@ void Loader::read_outbound(const Setting& r, int index) {
                                         "\"smtp-tls-encrypt:\" or \"smtp-tls-encrypt:[relay.example]:587\"",
                                         rule.transport));
   }
+  if (r.exists("on_failure")) {
+    auto f = parse_on_failure(r["on_failure"]);
+    if (f) rule.on_failure = *f;
+  }
   bool has_to = r.exists("to") || r.exists("to_lists");
   bool has_from = r.exists("from") || r.exists("from_lists");
   if (!has_to && !has_from) {
@@ -427,6 +435,8 @@ void Loader::read_outbound(const Setting& r, int index) {
                         "enforce TLS (encrypt or stricter)",
                         rule.name, level_name(rule.policy.level)));
   bool sub = r.exists("subdomains") ? bool(r["subdomains"]) : snap_->settings.subdomains;
+  rule.has_to = has_to;
+  rule.has_from = has_from;
   uint32_t id = add_rule(std::move(rule));
   add_entries(r, "to", "to_lists", snap_->destinations, Dimension::destination, sub, id);
   add_entries(r, "from", "from_lists", snap_->senders, Dimension::sender, sub, id);
@@ -654,8 +664,50 @@ void Loader::read_milter(const Setting& g) {
   }
 }
 
+// on_failure = "defer" | "bounce"; reports anything else.
+std::optional<OnFailure> Loader::parse_on_failure(const Setting& v) {
+  std::string word = v.c_str();
+  if (word == "defer") return OnFailure::defer;
+  if (word == "bounce") return OnFailure::bounce;
+  error(v, fmt::format("on_failure = \"{}\": use \"defer\" (Postfix retries until "
+                       "maximal_queue_lifetime) or \"bounce\" (the sender gets a DSN at the first TLS "
+                       "failure)",
+                       printable(word)));
+  return std::nullopt;
+}
+
+// A bounce rule is routed to bounce_transport, a service that enforces plain
+// encrypt: a stricter level (or attributes) there would be silently weakened,
+// so such a rule needs its own transport.
+void Loader::check_bounce_rules() {
+  const Snapshot& s = *snap_;
+  for (uint32_t i = 0; i < s.rules.size(); ++i) {
+    const Rule& r = s.rules[i];
+    if (!s.bounces(i) || !r.transport.empty() || r.policy == TlsPolicy{Level::encrypt, {}}) continue;
+    error(s.files[r.file], r.line,
+          fmt::format("{} has level \"{}\" and on_failure = \"bounce\": bounce_transport ({}) enforces "
+                      "plain encrypt, which would weaken it. Give the rule its own transport (a master.cf "
+                      "service with -o smtp_tls_security_level={} and the smtp_delivery_status_filter, "
+                      "see tlspolicy.conf(5)) or on_failure = \"defer\"",
+                      r.is_default ? std::string("the default") : fmt::format("outbound rule \"{}\"", r.name),
+                      r.policy.value(), s.settings.bounce_transport, level_name(r.policy.level)));
+  }
+}
+
 void Loader::read_settings(const Setting& root) {
   auto& s = snap_->settings;
+  if (root.exists("on_failure")) {
+    auto f = parse_on_failure(root["on_failure"]);
+    if (f) s.on_failure = *f;
+  }
+  if (root.exists("bounce_transport")) {
+    s.bounce_transport = root["bounce_transport"].c_str();
+    if (s.bounce_transport.find(':') == std::string::npos ||
+        s.bounce_transport.find_first_of(" \t") != std::string::npos)
+      error(root["bounce_transport"], fmt::format("bounce_transport \"{}\" must be service:nexthop, e.g. "
+                                                  "\"smtp-tls-bounce:\" or \"smtp-tls-bounce:[relay.example]:587\"",
+                                                  s.bounce_transport));
+  }
   if (root.exists("subdomains")) s.subdomains = root["subdomains"];
   if (root.exists("recipient_delimiter")) s.recipient_delimiter = root["recipient_delimiter"].c_str();
   if (root.exists("transport")) {
@@ -794,6 +846,7 @@ LoadResult Loader::run() {
       outbound ? read_outbound(list[i], i) : read_inbound(list[i], i);
   }
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
+  check_bounce_rules();
   collect_sources(root);
   // An empty or truncated file (": > tlspolicy.conf", an editor that
   // truncates first) must not silently drop every rule.

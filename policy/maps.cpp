@@ -172,7 +172,8 @@ RecipientLevels recipient_levels(const Snapshot& s, std::string_view addr, std::
 
 const std::string& transport_of(const Snapshot& s, uint32_t rule) {
   const auto& t = s.rules[rule].transport;
-  return t.empty() ? s.settings.transport : t;
+  if (!t.empty()) return t;
+  return s.bounces(rule) ? s.settings.bounce_transport : s.settings.transport;
 }
 
 Answer transport(const Snapshot& s, std::string_view key, bool explain) {
@@ -181,7 +182,17 @@ Answer transport(const Snapshot& s, std::string_view key, bool explain) {
   auto addr = normalize_address(key, s.settings.recipient_delimiter);
   auto r = recipient_levels(s, addr, explain ? &a.trail : nullptr);
   uint32_t decider = kNone;
-  if (r.address_rule != kNone) {
+  uint32_t effective = r.address_rule != kNone ? r.address_rule : r.domain_rule;
+  if (s.bounces(effective)) {
+    // Every recipient under a bounce rule (address, domain or default) goes
+    // to the service whose status filter bounces at the first TLS failure.
+    decider = effective;
+    if (explain)
+      a.reasoning = fmt::format("the rule that decides this recipient ({}) has on_failure = \"bounce\": "
+                                "routed to the service that returns the mail to the sender at the first "
+                                "TLS failure",
+                                s.rules[effective].policy.value());
+  } else if (r.address_rule != kNone) {
     Level own = s.rules[r.address_rule].policy.level;
     bool route = s.settings.route == Route::stricter ? rank(own) > rank(r.domain_level) : enforces_tls(own);
     if (route) decider = r.address_rule;
@@ -361,7 +372,8 @@ bool iequal_prefix(std::string_view key, std::string_view tag) {
 // Sendmail's access map as a socket map: the same policy in Sendmail's
 // words. Outbound: levels that authenticate the server become
 // "TEMP+VERIFY:<bits>", encrypt "TEMP+ENCR:<bits>" (TEMP+ pins a deferral
-// even where a site defines TLS_PERM_ERR, as Postfix defers), and a rule that
+// even where a site defines TLS_PERM_ERR, as Postfix defers; PERM+ for a rule
+// with on_failure = "bounce", so the sender hears at once), and a rule that
 // decided without enforcing answers "OK", so Sendmail does not go on to a
 // parent domain's stricter entry. Inbound clients: "ENCR:<bits>" (Sendmail
 // answers MAIL with its temporary 454 4.7.0). Try_TLS: "NO" for
@@ -376,10 +388,11 @@ Answer sendmail_access(const Snapshot& s, std::string_view key, bool explain) {
   auto bits_of = [&](int bits) { return bits > 0 ? bits : s.settings.sendmail_min_bits; };
   // An outbound level in Sendmail's words.
   auto outbound = [&](uint32_t rule, Level l) {
+    const char* kind = s.bounces(rule) ? "PERM" : "TEMP";  // on_failure: bounce or defer
     if (rank(l) >= rank(Level::verify))
-      answer(rule, fmt::format("TEMP+VERIFY:{}", bits_of(0)));
+      answer(rule, fmt::format("{}+VERIFY:{}", kind, bits_of(0)));
     else if (enforces_tls(l))
-      answer(rule, fmt::format("TEMP+ENCR:{}", bits_of(0)));
+      answer(rule, fmt::format("{}+ENCR:{}", kind, bits_of(0)));
     else if (!s.rules[rule].is_default)
       answer(rule, "OK");
   };

@@ -77,4 +77,12 @@ Shrink enforcing_shrink(const Snapshot& before, const Snapshot& after, size_t li
   return s;
 }
 
+bool Snapshot::bounces(uint32_t rule) const {
+  if (rule == kNone) return false;
+  const Rule& r = rules[rule];
+  if (r.direction != Direction::outbound || !enforces_tls(r.policy.level)) return false;
+  OnFailure f = r.on_failure == OnFailure::inherit ? settings.on_failure : r.on_failure;
+  return f == OnFailure::bounce;
+}
+
 }  // namespace tlspolicy

@@ -21,6 +21,12 @@ constexpr uint32_t kNone = UINT32_MAX;
 enum class Direction { outbound, inbound };
 enum class Action { reject, tempfail, monitor };
 std::string_view action_name(Action a);
+// What happens to mail when the partner cannot meet an enforcing rule: Postfix
+// retries it (defer, its own behaviour) or returns it to the sender at the
+// first failure (bounce: routed to Settings::bounce_transport, whose
+// smtp_delivery_status_filter turns the 4.7.x TLS deferral into 5.7.x).
+// inherit = the top-level on_failure.
+enum class OnFailure { inherit, defer, bounce };
 
 // TLS protocol versions as Postfix reports them in {tls_version}; 0 = unknown.
 int protocol_rank(std::string_view version);
@@ -32,7 +38,9 @@ struct Rule {
   bool is_default = false;
   // outbound
   TlsPolicy policy;
-  std::string transport;  // per-rule override of Settings::transport
+  std::string transport;  // per-rule override of Settings::transport (and bounce_transport)
+  OnFailure on_failure = OnFailure::inherit;
+  bool has_to = false, has_from = false;  // destination / sender entries (for tlspolicy postfix-config)
   // inbound
   bool require_tls = true;
   int min_bits = 0;
@@ -42,6 +50,7 @@ struct Rule {
 
   bool same_effect(const Rule& o) const {
     return direction == o.direction && policy == o.policy && transport == o.transport &&
+           on_failure == o.on_failure &&
            require_tls == o.require_tls && min_bits == o.min_bits &&
            min_protocol == o.min_protocol && action == o.action && reply == o.reply;
   }
@@ -86,6 +95,9 @@ struct Settings {
   bool subdomains = true;
   std::string recipient_delimiter = "+";
   std::string transport = "smtp-tls-encrypt:";
+  // The service for recipients under a rule with on_failure = "bounce".
+  std::string bounce_transport = "smtp-tls-bounce:";
+  OnFailure on_failure = OnFailure::defer;
   Route route = Route::stricter;
   int sendmail_min_bits = 112;  // the bits in Sendmail's "ENCR:<bits>" answers
   bool allow_empty = false;     // a config without any rule is an error unless this says so
@@ -117,6 +129,9 @@ struct Snapshot {
   // Does this entry demand TLS (an outbound rule whose level enforces it, an
   // inbound rule that requires it and is not in monitor mode)?
   bool entry_enforces(uint32_t entry) const;
+  // Does mail under this outbound rule go back to the sender at the first TLS
+  // failure (the rule enforces TLS and its on_failure, or the top level's, is bounce)?
+  bool bounces(uint32_t rule) const;
   size_t enforcing_entries() const;
 };
 

@@ -3,6 +3,7 @@
 # .ref files next to them. Usage: run.sh TLSPOLICY [--update]
 #   NAME.MAP.keys   keys for `tlspolicy query -c NAME.conf -m MAP -` (MAP=explain: --explain per key)
 #   NAME.check      `tlspolicy check -c NAME.conf` (errors and warnings included)
+#   NAME.postfix-config  `tlspolicy postfix-config -c NAME.conf`
 set -u
 bin=$(command -v "$1" || true); case $1 in */*) bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1");; esac
 update=${2:-}
@@ -24,6 +25,9 @@ for keys in *.keys; do
   else
     run_case "$base" "$bin" query -c "$conf" -m "$map" - < "$keys"
   fi
+done
+for c in *.postfix-config; do   # NAME.postfix-config: `tlspolicy postfix-config -c NAME.conf`
+  run_case "$c" "$bin" postfix-config -c "${c%.postfix-config}.conf"
 done
 for c in *.check; do
   run_case "${c%.check}.check" "$bin" check -c "${c%.check}.conf"

@@ -55,6 +55,15 @@ TEST_CASE("configuration errors name file, line and the fix") {
       {"daemon = { idle_timeout = 5; };", {}, "longer than Postfix's 10 s"},
       {"transport = \"smtp-tls-encrypt\";", {}, "must be service:nexthop"},
       {"milter = { header = \"X-TLS Level\"; };", {}, "must be one printable word"},
+      {"on_failure = \"return\"; default = \"may\";", {}, "tlspolicy.conf:1: error: on_failure = \"return\": use \"defer\""},
+      {"outbound = ( { level = \"encrypt\"; on_failure = \"bounced\"; to = \"x.test\"; } );", {},
+       "tlspolicy.conf:1: error: on_failure = \"bounced\": use \"defer\""},
+      {"bounce_transport = \"smtp-tls-bounce\"; default = \"may\";", {}, "must be service:nexthop"},
+      {"outbound = (\n { name = \"bank\"; level = \"verify\"; on_failure = \"bounce\"; to = \"x.test\"; } );", {},
+       "tlspolicy.conf:2: error: outbound rule \"bank\" has level \"verify\" and on_failure = \"bounce\": "
+       "bounce_transport (smtp-tls-bounce:) enforces plain encrypt, which would weaken it"},
+      {"on_failure = \"bounce\";\ndefault = \"encrypt protocols=>=TLSv1.2\";", {},
+       "tlspolicy.conf:2: error: the default has level \"encrypt protocols=>=TLSv1.2\" and on_failure"},
       {"@include \"nothere.conf\"\n", {}, "error:"},
   };
   for (auto& c : cases) {

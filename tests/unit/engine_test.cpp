@@ -138,6 +138,55 @@ TEST_CASE("engine answers: precedence, keys and maps") {
   }
 }
 
+TEST_CASE("on_failure = bounce: every recipient under a bounce rule is routed, Sendmail gets PERM+") {
+  auto r = testing::load_text(R"(
+default = "may";
+bounce_transport = "smtp-bounce:";
+outbound = (
+  { name = "bank"; level = "encrypt"; on_failure = "bounce"; to = [ "bank.test" ]; },
+  { name = "bank-loose"; level = "may"; to = [ "legacy@bank.test" ]; },
+  { name = "strict-defer"; level = "encrypt"; to = [ "strict.test" ]; },
+  { name = "vip"; level = "encrypt"; on_failure = "bounce"; to = [ "vip@strict.test", "vip@open.test" ]; },
+  { name = "own"; level = "verify"; on_failure = "bounce"; transport = "smtp-verify-bounce:"; to = [ "v.test" ]; },
+  { name = "open"; level = "may"; on_failure = "bounce"; to = [ "open.test" ]; },
+  { name = "sender"; level = "encrypt"; on_failure = "bounce"; from = [ "cfo@ours.test" ]; }
+);
+)");
+  for (auto& e : r.errors) FAIL(e.text());
+  REQUIRE(r.snapshot);
+  using M = MapName;
+  const Case cases[] = {
+      {M::transport, "a@bank.test", "smtp-bounce:"},         // a domain rule
+      {M::transport, "A+x@Sub.Bank.Test", "smtp-bounce:"},   // its subdomains
+      {M::transport, "legacy@bank.test", ""},                 // an address rule that does not enforce
+      {M::transport, "a@strict.test", ""},                    // defer: the tls-policy map covers it
+      {M::transport, "vip@strict.test", "smtp-bounce:"},      // not stricter, but bounces
+      {M::transport, "vip@open.test", "smtp-bounce:"},
+      {M::transport, "a@open.test", ""},                      // may never bounces
+      {M::transport, "a@v.test", "smtp-verify-bounce:"},      // the rule's own transport
+      {M::transport, "a@else.test", ""},
+      {M::sender_transport, "cfo@ours.test", "smtp-bounce:"},
+      {M::tls_policy, "bank.test", "encrypt"},
+      {M::sendmail_access, "TLS_Srv:bank.test", "PERM+ENCR:112"},
+      {M::sendmail_access, "TLS_Srv:v.test", "PERM+VERIFY:112"},
+      {M::sendmail_access, "TLS_Rcpt:vip@open.test", "PERM+ENCR:112"},
+      {M::sendmail_access, "TLS_Srv:strict.test", "TEMP+ENCR:112"},
+  };
+  for (auto& c : cases) {
+    Answer a = query(*r.snapshot, c.map, c.key);
+    std::string got = a.found ? a.value : "";
+    INFO(map_name(c.map) << " \"" << c.key << "\"\n  got  \"" << got << "\"\n  want \"" << c.want << "\"");
+    CHECK(got == c.want);
+  }
+  // The top-level on_failure covers the default and every rule without its own.
+  auto all = testing::load_text("on_failure = \"bounce\";\ndefault = \"encrypt\";\n"
+                                "outbound = ( { level = \"encrypt\"; on_failure = \"defer\"; to = \"d.test\"; } );");
+  for (auto& e : all.errors) FAIL(e.text());
+  REQUIRE(all.snapshot);
+  CHECK(query(*all.snapshot, M::transport, "a@any.test").value == "smtp-tls-bounce:");
+  CHECK(!query(*all.snapshot, M::transport, "a@d.test").found);
+}
+
 TEST_CASE("effective levels for the header: address > domain > default") {
   auto r = testing::load_text(kConf, {{"force.list", kList}});
   REQUIRE(r.snapshot);

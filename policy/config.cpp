@@ -223,7 +223,9 @@ class Loader {
   std::shared_ptr<Snapshot> snap_ = std::make_shared<Snapshot>();
   LoadResult result_;
   bool too_many_ = false;
-  std::vector<uint32_t> star_senders_;  // "*" entries of enabled inbound sender rules requiring TLS
+  std::vector<uint32_t> star_senders_;
+  static constexpr size_t kMaxNoSuffixWarnings = 20;
+  size_t no_suffix_ = 0;  // destinations without a public suffix  // "*" entries of enabled inbound sender rules requiring TLS
 };
 
 // Reports unknown and mistyped settings, then removes them so the readers
@@ -272,6 +274,7 @@ void Loader::warn_no_suffix(const Entry& e, std::string_view text, uint32_t file
   std::string_view domain = e.key;
   if (auto at = domain.rfind('@'); at != std::string_view::npos) domain.remove_prefix(at + 1);
   if (has_public_suffix(domain)) return;
+  if (++no_suffix_ > kMaxNoSuffixWarnings) return;  // a list of internal names: counted at the end
   std::string hint = e.kind == EntryKind::address
                          ? std::string("check the domain of this address")
                          : fmt::format("if you meant the local part {}@..., write the whole address "
@@ -804,6 +807,10 @@ LoadResult Loader::run() {
       outbound ? read_outbound(list[i], i) : read_inbound(list[i], i);
   }
   warn_star_senders();
+  if (no_suffix_ > kMaxNoSuffixWarnings)
+    warn(path_, 0, fmt::format("{} more destination entries have no public suffix (warnings shown for the "
+                               "first {})",
+                               no_suffix_ - kMaxNoSuffixWarnings, kMaxNoSuffixWarnings));
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
   collect_sources(root);
   // An empty or truncated file (": > tlspolicy.conf", an editor that

@@ -225,3 +225,14 @@ TEST_CASE("\"<>\" is only an inbound sender entry") {
     CHECK(r.errors[0].message.find("only allowed in an inbound from list") != std::string::npos);
   }
 }
+
+TEST_CASE("a list of internal names draws 20 warnings and a count, not one per line") {
+  std::string list;
+  for (int i = 0; i < 25; ++i) list += "host" + std::to_string(i) + ".lan\n";
+  std::string dir;
+  auto r = testing::load_text("outbound = ( { level = \"encrypt\"; to_lists = \"l\"; } );", {{"l", list}}, &dir);
+  REQUIRE(r.warnings.size() == 21);
+  CHECK(r.warnings[19].text("warning").find("l:20: warning: \"host19.lan\" has no public suffix") != std::string::npos);
+  CHECK(warnings_of(r, dir).find("tlspolicy.conf: warning: 5 more destination entries have no public suffix "
+                                 "(warnings shown for the first 20)") != std::string::npos);
+}

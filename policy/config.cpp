@@ -818,6 +818,10 @@ LoadResult Loader::run() {
   if (snap_->rules.empty() && !snap_->settings.allow_empty && result_.errors.empty())
     error(path_, 0, "no rules and no default: an empty or truncated configuration? Add rules, or set "
                     "allow_empty = true; if answering NOTFOUND to everything is what you want");
+  if (!snap_->rules.empty() && snap_->default_rule == kNone &&
+      std::all_of(snap_->rules.begin(), snap_->rules.end(), [](const Rule& r) { return !r.enabled; }))
+    warn(path_, 0, "every rule is disabled (enabled = false) and there is no default: every lookup answers "
+                   "NOTFOUND; switch a rule on, or set a default");
   result_.files = snap_->files;
   snap_->rule_hits = std::make_unique<Counter[]>(snap_->rules.size());
   if (result_.errors.empty()) result_.snapshot = std::move(snap_);

@@ -210,7 +210,7 @@ TEST_CASE("from = \"*\" without \"<>\" warns how to include the null sender") {
     INFO(c.rule << "\ngot:\n" << got);
     CHECK(r.snapshot != nullptr);
     if (c.want.empty())
-      CHECK(got.empty());
+      CHECK(got.find("null sender") == std::string::npos);
     else
       CHECK(got.find(c.want) != std::string::npos);
   }
@@ -235,4 +235,15 @@ TEST_CASE("a list of internal names draws 20 warnings and a count, not one per l
   CHECK(r.warnings[19].text("warning").find("l:20: warning: \"host19.lan\" has no public suffix") != std::string::npos);
   CHECK(warnings_of(r, dir).find("tlspolicy.conf: warning: 5 more destination entries have no public suffix "
                                  "(warnings shown for the first 20)") != std::string::npos);
+}
+
+TEST_CASE("every rule disabled and no default: a warning, not an error") {
+  std::string dir;
+  auto r = testing::load_text("outbound = ( { enabled = false; level = \"encrypt\"; to = \"a.test\"; } );", {}, &dir);
+  CHECK(r.snapshot != nullptr);
+  CHECK(warnings_of(r, dir) == "tlspolicy.conf: warning: every rule is disabled (enabled = false) and there is no "
+                               "default: every lookup answers NOTFOUND; switch a rule on, or set a default\n");
+  auto with_default = testing::load_text(
+      "default = \"may\";\noutbound = ( { enabled = false; level = \"encrypt\"; to = \"a.test\"; } );");
+  CHECK(with_default.warnings.empty());
 }

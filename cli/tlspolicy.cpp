@@ -145,6 +145,12 @@ std::shared_ptr<const Snapshot> load(const std::string& path, bool verbose) {
   }
   if (verbose) {
     fmt::print("configuration OK: {}; {} files read in {:.1f} ms\n", r.snapshot->summary(), r.files.size(), ms);
+    for (auto& d : r.snapshot->disabled) {
+      const Rule& rule = r.snapshot->rules[d->rule];
+      size_t n = r.snapshot->entry_count(d->rule);
+      fmt::print("rule \"{}\" at {} is disabled (enabled = false): its {} entr{} not in force\n", rule.name,
+                 r.snapshot->where(rule), n, n == 1 ? "y is" : "ies are");
+    }
   }
   return r.snapshot;
 }

@@ -57,14 +57,14 @@ constexpr Key kOutboundKeys[] = {
     {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
     {"to_lists", Type::strings}, {"from", Type::strings},    {"from_lists", Type::strings},
     {"subdomains", Type::boolean}, {"transport", Type::string}, {"min_cipher_bits", Type::integer},
-    {"on_failure", Type::string},
+    {"on_failure", Type::string}, {"enabled", Type::boolean},
 };
 constexpr Key kInboundKeys[] = {
     {"name", Type::string},         {"from", Type::strings},       {"from_lists", Type::strings},
     {"to", Type::strings},          {"to_lists", Type::strings},   {"clients", Type::strings},
     {"client_lists", Type::strings}, {"subdomains", Type::boolean}, {"require", Type::string},
     {"min_cipher_bits", Type::integer}, {"min_protocol", Type::string}, {"action", Type::string},
-    {"reply", Type::string},
+    {"reply", Type::string},        {"enabled", Type::boolean},
 };
 constexpr Key kDaemonKeys[] = {
     {"socketmap", Type::strings},     {"milter", Type::string},       {"user", Type::string},
@@ -155,9 +155,11 @@ class Loader {
       too_many_ = true;
   }
   void error(const Setting& s, std::string msg) { error(file_of(s), int(s.getSourceLine()), std::move(msg)); }
-  void warn(const Setting& s, std::string msg) {
-    result_.warnings.push_back({file_of(s), int(s.getSourceLine()), printable(msg)});
+  void warn(const std::string& file, int line, std::string msg) {
+    result_.warnings.push_back({file, line, printable(msg)});
   }
+  void warn(const Setting& s, std::string msg) { warn(file_of(s), int(s.getSourceLine()), std::move(msg)); }
+  void warn_no_suffix(const Entry& e, std::string_view text, uint32_t file, uint32_t line);
   std::string file_of(const Setting& s) const { return source_name(s.getSourceFile()); }
   // libconfig names files as opened, relative to the config's directory (see
   // parse()): give them back the path the admin knows.
@@ -196,6 +198,28 @@ class Loader {
     if (s.isAggregate())
       for (int i = 0; i < s.getLength(); ++i) collect_sources(s[i]);
   }
+  // enabled = false: the rule's entries go to matchers of their own
+  // (checked, never looked up); nullptr for an enabled rule.
+  DisabledRule* disabled_slot(const Setting& r, Rule& rule) {
+    if (!r.exists("enabled") || bool(r["enabled"])) return nullptr;
+    rule.enabled = false;
+    snap_->disabled.push_back(std::make_unique<DisabledRule>());
+    return snap_->disabled.back().get();
+  }
+  // "*" leaves out the null sender (bounces often come from servers that
+  // cannot do TLS): say so where someone may think it covers every sender,
+  // unless some enabled rule has a "<>" entry.
+  void warn_star_senders() {
+    bool covered = false;
+    snap_->inbound_senders.visit_null_sender([&](const Hit&) { covered = true; });
+    if (covered) return;
+    for (uint32_t e : star_senders_)
+      warn(snap_->files[snap_->entries[e].file], int(snap_->entries[e].line),
+           fmt::format("inbound rule \"{}\": from \"*\" does not cover the null sender <> (bounces and "
+                       "delivery status notices, often from servers without TLS); to require TLS for them "
+                       "too, add \"<>\" to from",
+                       snap_->rules[snap_->entries[e].rule].name));
+  }
   uint32_t add_rule(Rule r) {
     snap_->rules.push_back(std::move(r));
     return uint32_t(snap_->rules.size() - 1);
@@ -207,6 +231,9 @@ class Loader {
   std::shared_ptr<Snapshot> snap_ = std::make_shared<Snapshot>();
   LoadResult result_;
   bool too_many_ = false;
+  std::vector<uint32_t> star_senders_;
+  static constexpr size_t kMaxNoSuffixWarnings = 20;
+  size_t no_suffix_ = 0;  // destinations without a public suffix  // "*" entries of enabled inbound sender rules requiring TLS
 };
 
 // Reports unknown and mistyped settings, then removes them so the readers
@@ -245,6 +272,31 @@ std::vector<Item> Loader::strings(const Setting& s) {
   return out;
 }
 
+// A destination that cannot be a mail domain on the Internet: "john.smith"
+// (a local part, meant as john.smith@...), "partner.lan", a bare word. Only a
+// warning: internal names reached through a relay are legitimate.
+void Loader::warn_no_suffix(const Entry& e, std::string_view text, uint32_t file, uint32_t line) {
+  if (e.kind == EntryKind::cidr || e.kind == EntryKind::any || e.kind == EntryKind::local_part ||
+      e.kind == EntryKind::null_sender)
+    return;
+  std::string_view domain = e.key;
+  if (auto at = domain.rfind('@'); at != std::string_view::npos) domain.remove_prefix(at + 1);
+  if (has_public_suffix(domain)) return;
+  if (++no_suffix_ > kMaxNoSuffixWarnings) return;  // a list of internal names: counted at the end
+  std::string hint = e.kind == EntryKind::address
+                         ? std::string("check the domain of this address")
+                         : fmt::format("if you meant the local part {}@..., write the whole address "
+                                       "({}@your-partner.example); if it is an internal name, ignore this",
+                                       text, text);
+  if (domain.find('.') == std::string_view::npos)
+    warn(snap_->files[file], int(line),
+         fmt::format("\"{}\" is a bare word, not an Internet domain: {}", text, hint));
+  else
+    warn(snap_->files[file], int(line),
+         fmt::format("\"{}\" has no public suffix (\".{}\" is not a top-level domain): a domain? {}", text,
+                     domain.substr(domain.rfind('.') + 1), hint));
+}
+
 void Loader::add_entry(Matcher& m, Dimension dim, bool subdomains, std::string_view text,
                        uint32_t rule, uint32_t file, uint32_t line) {
   std::string problem;
@@ -253,6 +305,7 @@ void Loader::add_entry(Matcher& m, Dimension dim, bool subdomains, std::string_v
     error(snap_->files[file], int(line), problem);
     return;
   }
+  if (dim == Dimension::destination) warn_no_suffix(*e, text, file, line);
   uint32_t id = uint32_t(snap_->entries.size());
   snap_->entries.push_back({rule, file, line, uint32_t(snap_->entry_text.size()), uint32_t(text.size())});
   snap_->entry_text.append(text);
@@ -341,7 +394,16 @@ void Loader::read_list(const Setting& at, const std::string& name, Matcher& m, D
         }
       while (!l.empty() && (l.back() == ' ' || l.back() == '\t' || l.back() == '\r')) l.remove_suffix(1);
       while (!l.empty() && (l.front() == ' ' || l.front() == '\t')) l.remove_prefix(1);
-      if (!l.empty()) add_entry(m, dim, subdomains, l, rule, file, line);
+      // Several entries on a line, separated by commas and/or white space
+      // ("a.example, b.example c.example", as gateway exports write them),
+      // are several entries, each with this line's number. (An inline
+      // config string stays one entry: there, a comma is a typo.)
+      while (!l.empty()) {
+        size_t end = l.find_first_of(", \t");
+        if (end != 0) add_entry(m, dim, subdomains, l.substr(0, end), rule, file, line);
+        if (end == std::string_view::npos) break;
+        l.remove_prefix(end + 1);
+      }
     }
     data.erase(0, std::min(pos, data.size()));
   }
@@ -437,9 +499,11 @@ void Loader::read_outbound(const Setting& r, int index) {
   bool sub = r.exists("subdomains") ? bool(r["subdomains"]) : snap_->settings.subdomains;
   rule.has_to = has_to;
   rule.has_from = has_from;
+  DisabledRule* off = disabled_slot(r, rule);
   uint32_t id = add_rule(std::move(rule));
-  add_entries(r, "to", "to_lists", snap_->destinations, Dimension::destination, sub, id);
-  add_entries(r, "from", "from_lists", snap_->senders, Dimension::sender, sub, id);
+  if (off) off->rule = id;
+  add_entries(r, "to", "to_lists", off ? off->destinations : snap_->destinations, Dimension::destination, sub, id);
+  add_entries(r, "from", "from_lists", off ? off->senders : snap_->senders, Dimension::sender, sub, id);
 }
 
 // A custom reply: "5xx x.y.z text" (or 4xx), placeholders from a fixed set.
@@ -535,10 +599,18 @@ void Loader::read_inbound(const Setting& r, int index) {
     return;
   }
   bool sub = r.exists("subdomains") ? bool(r["subdomains"]) : snap_->settings.subdomains;
+  DisabledRule* off = disabled_slot(r, rule);
   uint32_t id = add_rule(std::move(rule));
-  add_entries(r, "from", "from_lists", snap_->inbound_senders, Dimension::inbound_sender, sub, id);
-  add_entries(r, "to", "to_lists", snap_->inbound_recipients, Dimension::inbound_recipient, sub, id);
-  add_entries(r, "clients", "client_lists", snap_->clients, Dimension::client, sub, id);
+  if (off) off->rule = id;
+  size_t first = snap_->entries.size();
+  add_entries(r, "from", "from_lists", off ? off->inbound_senders : snap_->inbound_senders,
+              Dimension::inbound_sender, sub, id);
+  if (!off && snap_->rules[id].require_tls)
+    for (size_t e = first; e < snap_->entries.size(); ++e)
+      if (snap_->text(uint32_t(e)) == "*") star_senders_.push_back(uint32_t(e));
+  add_entries(r, "to", "to_lists", off ? off->inbound_recipients : snap_->inbound_recipients,
+              Dimension::inbound_recipient, sub, id);
+  add_entries(r, "clients", "client_lists", off ? off->clients : snap_->clients, Dimension::client, sub, id);
 }
 
 // "inet:127.0.0.1:10461" or "unix:/path"; host must be an IP literal.
@@ -845,6 +917,11 @@ LoadResult Loader::run() {
     for (int i = 0; i < list.getLength() && !too_many_; ++i)
       outbound ? read_outbound(list[i], i) : read_inbound(list[i], i);
   }
+  warn_star_senders();
+  if (no_suffix_ > kMaxNoSuffixWarnings)
+    warn(path_, 0, fmt::format("{} more destination entries have no public suffix (warnings shown for the "
+                               "first {})",
+                               no_suffix_ - kMaxNoSuffixWarnings, kMaxNoSuffixWarnings));
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
   check_bounce_rules();
   collect_sources(root);
@@ -853,6 +930,10 @@ LoadResult Loader::run() {
   if (snap_->rules.empty() && !snap_->settings.allow_empty && result_.errors.empty())
     error(path_, 0, "no rules and no default: an empty or truncated configuration? Add rules, or set "
                     "allow_empty = true; if answering NOTFOUND to everything is what you want");
+  if (!snap_->rules.empty() && snap_->default_rule == kNone &&
+      std::all_of(snap_->rules.begin(), snap_->rules.end(), [](const Rule& r) { return !r.enabled; }))
+    warn(path_, 0, "every rule is disabled (enabled = false) and there is no default: every lookup answers "
+                   "NOTFOUND; switch a rule on, or set a default");
   result_.files = snap_->files;
   snap_->rule_hits = std::make_unique<Counter[]>(snap_->rules.size());
   if (result_.errors.empty()) result_.snapshot = std::move(snap_);

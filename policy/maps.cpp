@@ -41,6 +41,20 @@ struct Collector {
   }
 };
 
+// For explain: which disabled rules would match. visit(matcher, f) asks one
+// of a disabled rule's matchers the way the enabled lookup asked its own.
+template <class Visit>
+void note_disabled(const Snapshot& s, Matcher DisabledRule::*which, Answer& a, Visit&& visit) {
+  for (auto& d : s.disabled) {
+    uint32_t hit = kNone;
+    visit((*d).*which, [&](const Hit& h) {
+      hit = h.entry;
+      return false;
+    });
+    if (hit != kNone) a.disabled_hits.push_back(hit);
+  }
+}
+
 void add_default(const Snapshot& s, std::vector<Step>* trail) {
   if (trail && s.default_rule != kNone) trail->push_back({s.default_rule, kNone, HitKind::any, {}, 0});
 }
@@ -110,22 +124,28 @@ Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
   }
   std::vector<Step> trail;
   Collector c{explain ? &trail : nullptr, kNone, s};
-  if (k.empty()) {
-  } else if (k.find('@') != std::string_view::npos) {
-    auto addr = normalize_address(k, s.settings.recipient_delimiter);
-    s.destinations.visit_address(addr, c);
-  } else if (auto hop = parse_next_hop(k)) {
-    std::string ascii;  // the host name in A-labels, for a UTF-8 key only
-    if (hop->ip) {
-      s.destinations.visit_ip(*hop->ip, c);
-    } else if (!hop->host.empty()) {
-      if (high & 0x80) {
-        ascii = idn_key(hop->host);
-        hop->host = ascii;
+  // The same walk over any matcher: the enabled rules', or for explain a
+  // disabled rule's.
+  auto walk = [&](const Matcher& m, auto&& f) {
+    if (k.empty()) {
+    } else if (k.find('@') != std::string_view::npos) {
+      auto addr = normalize_address(k, s.settings.recipient_delimiter);
+      m.visit_address(addr, f);
+    } else if (auto hop = parse_next_hop(k)) {
+      std::string ascii;  // the host name in A-labels, for a UTF-8 key only
+      if (hop->ip) {
+        m.visit_ip(*hop->ip, f);
+      } else if (!hop->host.empty()) {
+        if (high & 0x80) {
+          ascii = idn_key(hop->host);
+          hop->host = ascii;
+        }
+        m.visit_domain(hop->host, hop->sub_only, f);
       }
-      s.destinations.visit_domain(hop->host, hop->sub_only, c);
     }
-  }
+  };
+  walk(s.destinations, c);
+  if (explain) note_disabled(s, &DisabledRule::destinations, a, walk);
   add_default(s, c.trail);
   uint32_t rule = c.first != kNone ? s.entries[c.first].rule : s.default_rule;
   a.rule = rule;
@@ -181,6 +201,8 @@ Answer transport(const Snapshot& s, std::string_view key, bool explain) {
   if (key.find('@') == std::string_view::npos || key.size() > 2048) return a;
   auto addr = normalize_address(key, s.settings.recipient_delimiter);
   auto r = recipient_levels(s, addr, explain ? &a.trail : nullptr);
+  if (explain)
+    note_disabled(s, &DisabledRule::destinations, a, [&](const Matcher& m, auto&& f) { m.visit_address(addr, f); });
   uint32_t decider = kNone;
   uint32_t effective = r.address_rule != kNone ? r.address_rule : r.domain_rule;
   if (s.bounces(effective)) {
@@ -227,10 +249,11 @@ Answer sender_transport(const Snapshot& s, std::string_view key, bool explain) {
   if (key.find('@') == std::string_view::npos || key.size() > 2048) return a;
   uint32_t rule = kNone;
   Level l = sender_level(s, key, &rule);
-  if (explain && rule != kNone) {
+  if (explain) {
     auto addr = normalize_address(key, s.settings.recipient_delimiter);
     Collector c{&a.trail, kNone, s};
-    s.senders.visit_address(addr, c);
+    if (rule != kNone) s.senders.visit_address(addr, c);
+    note_disabled(s, &DisabledRule::senders, a, [&](const Matcher& m, auto&& f) { m.visit_address(addr, f); });
   }
   if (rule != kNone && enforces_tls(l)) {
     a.rule = rule;
@@ -324,6 +347,7 @@ std::string verdict_value(const Verdict& v) {
 Answer inbound(const Snapshot& s, std::string_view key, bool explain) {
   Answer a;
   std::string from, to;
+  bool has_from = false;  // "from=" and "from=<>" are the null sender; no from= is no sender rule
   std::optional<IpAddr> client;
   TlsFacts f;
   size_t i = 0;
@@ -336,17 +360,36 @@ Answer inbound(const Snapshot& s, std::string_view key, bool explain) {
     auto eq = tok.find('=');
     if (eq == std::string_view::npos) return a;
     auto name = tok.substr(0, eq), value = tok.substr(eq + 1);
-    if (name == "from") from = value;
+    if (name == "from") {
+      has_from = true;
+      from = value == "<>" ? std::string_view() : value;
+    }
     else if (name == "to") to = value;
     else if (name == "client") client = parse_ip(value);
     else if (name == "version") f.version = value;
     else if (name == "bits") f.bits = parse_cipher_bits(value);
     else return a;
   }
-  Verdict v = check_inbound_sender(s, from, client ? &*client : nullptr, f);
+  Verdict v = check_inbound_sender(s, from, client ? &*client : nullptr, f, has_from);
   if (!to.empty()) {
     Verdict rv = check_inbound_recipient(s, to, from, f);
     if (rv.matched && (!v.matched || (!rv.pass && (v.pass || int(rv.action) < int(v.action))))) v = rv;
+  }
+  if (explain) {
+    auto delim = s.settings.recipient_delimiter;
+    if (!from.empty())
+      note_disabled(s, &DisabledRule::inbound_senders, a, [&](const Matcher& m, auto&& fn) {
+        m.visit_address(normalize_address(from, delim), fn);
+      });
+    else if (has_from)
+      note_disabled(s, &DisabledRule::inbound_senders, a,
+                    [&](const Matcher& m, auto&& fn) { m.visit_null_sender(fn); });
+    if (!to.empty())
+      note_disabled(s, &DisabledRule::inbound_recipients, a, [&](const Matcher& m, auto&& fn) {
+        m.visit_address(normalize_address(to, delim), fn);
+      });
+    if (client)
+      note_disabled(s, &DisabledRule::clients, a, [&](const Matcher& m, auto&& fn) { m.visit_ip(*client, fn); });
   }
   if (!v.matched) {
     if (explain) a.reasoning = "no inbound rule matches: the mail is accepted as Postfix decides";
@@ -474,11 +517,15 @@ Level sender_level(const Snapshot& s, std::string_view sender, uint32_t* rule) {
 }
 
 Verdict check_inbound_sender(const Snapshot& s, std::string_view sender, const IpAddr* client,
-                             const TlsFacts& tls) {
+                             const TlsFacts& tls, bool sender_known) {
   Verdict v;
   if (!sender.empty()) {
     auto addr = normalize_address(sender, s.settings.recipient_delimiter);
     uint32_t rule = first_rule(s, s.inbound_senders, addr);
+    if (rule != kNone) apply(s, rule, Dimension::inbound_sender, tls, sender, {}, v);
+  } else if (sender_known) {
+    uint32_t rule = kNone;
+    s.inbound_senders.visit_null_sender([&](const Hit& h) { rule = s.entries[h.entry].rule; });
     if (rule != kNone) apply(s, rule, Dimension::inbound_sender, tls, sender, {}, v);
   }
   if (client) {
@@ -539,6 +586,16 @@ std::string explain_text(const Snapshot& s, MapName map, std::string_view key, c
     if (st.entry == kNone) how += fmt::format(" ({})", s.where(r));
     out += fmt::format("  {} {}: {}\n", first ? "decided by" : "lost to it:", how, what);
     first = false;
+  }
+  for (uint32_t e : a.disabled_hits) {
+    const Rule& r = s.rules[s.entries[e].rule];
+    out += fmt::format("  rule \"{}\" (disabled) would match: entry \"{}\" at {} ({}), but the rule at {} says "
+                       "enabled = false, so it is not in force\n",
+                       r.name, printable(s.text(e)), s.where_entry(e),
+                       r.direction == Direction::outbound ? r.policy.value()
+                       : r.require_tls                    ? std::string("require TLS")
+                                                          : std::string("exempt"),
+                       s.where(r));
   }
   if (!a.reasoning.empty()) out += fmt::format("  why: {}\n", a.reasoning);
   return out;

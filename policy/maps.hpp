@@ -36,6 +36,9 @@ struct Answer {
   // first, and a sentence on how the answer follows from them.
   std::vector<Step> trail;
   std::string reasoning;
+  // Explain only: the first entry of each disabled rule (enabled = false)
+  // that would match the key, were the rule on.
+  std::vector<uint32_t> disabled_hits;
 };
 
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
@@ -70,8 +73,11 @@ struct Verdict {
   uint32_t rule = kNone;
 };
 // At MAIL: the sender's rule and the client's rule.
+// An empty sender is the null sender <> (bounces, DSNs): only a "<>" entry
+// matches it, "*" does not. sender_known = false (the inbound map's key
+// without from=): sender rules are skipped.
 Verdict check_inbound_sender(const Snapshot& s, std::string_view sender, const IpAddr* client,
-                             const TlsFacts& tls);
+                             const TlsFacts& tls, bool sender_known = true);
 // At RCPT: the recipient's rule.
 Verdict check_inbound_recipient(const Snapshot& s, std::string_view rcpt, std::string_view sender,
                                 const TlsFacts& tls);

@@ -11,6 +11,7 @@ std::string_view hit_kind_words(HitKind k) {
     case HitKind::parent_domain: return "a parent domain";
     case HitKind::cidr: return "an address range";
     case HitKind::any: return "\"*\"";
+    case HitKind::null_sender: return "the null sender";
   }
   return "?";
 }
@@ -41,6 +42,7 @@ uint32_t Matcher::add(const Entry& e, uint32_t id,
     case EntryKind::local_part:
       return claim(local_parts_.try_emplace(e.key, kNone).first->second, id, compatible);
     case EntryKind::any: return claim(any_, id, compatible);
+    case EntryKind::null_sender: return claim(null_sender_, id, compatible);
     case EntryKind::cidr: return claim((e.addr.v6 ? v6_ : v4_).slot(e.addr, e.prefix), id, compatible);
   }
   return kNone;

@@ -16,7 +16,7 @@
 
 namespace tlspolicy {
 
-enum class HitKind { address, local_part, exact_domain, parent_domain, cidr, any };
+enum class HitKind { address, local_part, exact_domain, parent_domain, cidr, any, null_sender };
 std::string_view hit_kind_words(HitKind k);
 
 struct Hit {
@@ -71,6 +71,12 @@ class Matcher {
     });
   }
 
+  // The null sender "<>": only its own entry matches it, "*" does not.
+  template <class F>
+  void visit_null_sender(F&& f) const {
+    if (null_sender_ != kNone) f(Hit{null_sender_, HitKind::null_sender, {}});
+  }
+
   size_t size() const { return size_; }  // entries indexed
   void reserve_domains(size_t n) { domains_.reserve(n); }
   size_t trie_nodes() const { return domains_.node_count(); }
@@ -86,6 +92,7 @@ class Matcher {
   CidrTree v4_, v6_;
   StrMap addresses_, local_parts_;
   uint32_t any_ = kNone;
+  uint32_t null_sender_ = kNone;
   size_t size_ = 0;
 };
 

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <idn2.h>
+#include <libpsl.h>
 
 #include <cstring>
 
@@ -167,6 +168,7 @@ std::string_view entry_kind_words(EntryKind k) {
     case EntryKind::address: return "address";
     case EntryKind::local_part: return "local part at any domain";
     case EntryKind::any: return "everything";
+    case EntryKind::null_sender: return "the null sender";
     case EntryKind::cidr: return "address range";
   }
   return "?";
@@ -283,6 +285,21 @@ std::optional<Entry> parse_cidr(std::string_view text, Dimension dim, std::strin
 
 }  // namespace
 
+bool has_public_suffix(std::string_view domain) {
+  while (domain.ends_with(".")) domain.remove_suffix(1);
+  auto dot = domain.rfind('.');
+  if (dot == std::string_view::npos) return false;  // a bare word
+  std::string tld(domain.substr(dot + 1));
+  if (tld == "test" || tld == "example" || tld == "invalid" || tld == "localhost") return true;
+  auto under = [&](std::string_view parent) {
+    return domain == parent || (domain.ends_with(parent) && domain[domain.size() - parent.size() - 1] == '.');
+  };
+  if (under("example.com") || under("example.net") || under("example.org")) return true;
+  // NO_STAR_RULE: without it every unknown TLD would count as a suffix.
+  static const psl_ctx_t* psl = psl_builtin();
+  return psl && psl_is_public_suffix2(psl, tld.c_str(), PSL_TYPE_ICANN | PSL_TYPE_NO_STAR_RULE);
+}
+
 std::optional<Entry> parse_entry(std::string_view text, Dimension dim, bool subdomains,
                                  std::string* error) {
   if (text.empty()) {
@@ -291,12 +308,18 @@ std::optional<Entry> parse_entry(std::string_view text, Dimension dim, bool subd
   }
   for (char c : text)
     if (c == ' ' || c == '\t' || c == ',') {
-      *error = fmt::format("\"{}\" holds more than one entry: put one entry per line or list "
-                           "element",
+      *error = fmt::format("\"{}\" holds more than one entry: a config string is one entry, so write "
+                           "[ \"a\", \"b\" ] (a list file may hold several per line)",
                            text);
       return std::nullopt;
     }
   bool ip_dim = dim == Dimension::destination || dim == Dimension::client;
+  if (text == "<>") {
+    if (dim == Dimension::inbound_sender) return Entry{EntryKind::null_sender, {}, {}, 0};
+    *error = fmt::format("\"<>\" (the null sender) is only allowed in an inbound from list, not a {} list",
+                         dimension_name(dim));
+    return std::nullopt;
+  }
   if (text == "*") {
     if (dim == Dimension::inbound_sender || dim == Dimension::inbound_recipient)
       return Entry{EntryKind::any, {}, {}, 0};

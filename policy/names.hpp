@@ -24,6 +24,12 @@ size_t utf8_length(std::string_view s, size_t i);
 bool valid_domain_pattern(std::string_view d);
 
 bool has_non_ascii(std::string_view s);
+// Whether a domain (lowercase A-labels) ends in a top-level domain of the
+// Public Suffix List (libpsl's built-in copy), or is under a special-use
+// name (RFC 2606/6761: test, example, invalid, localhost, example.com/net/org)
+// that tests and docs use on purpose. False for a bare word ("john") and for
+// "john.smith" or "partner.lan": likely a local part or an internal name.
+bool has_public_suffix(std::string_view domain);
 // A domain with U-labels (bücher.test, any case, NFC or not) in the form
 // rules are stored in: lowercase A-labels (xn--bcher-kva.test), by libidn2
 // (IDNA 2008 with UTS #46 non-transitional mapping, as Postfix's ICU does).
@@ -53,7 +59,8 @@ enum class EntryKind {
   subdomains_only,  // .example.com
   address,          // user@example.com
   local_part,       // john.smith: that local part at any domain (inbound recipients)
-  any,              // *
+  any,              // * (a sender "*" does not cover the null sender)
+  null_sender,      // <>: the null sender of bounces and DSNs (inbound senders)
   cidr,             // 192.0.2.0/24, 2001:db8::/32, or a single address
 };
 std::string_view entry_kind_words(EntryKind k);

@@ -36,22 +36,38 @@ std::string Snapshot::where_entry(uint32_t e) const {
 
 size_t Snapshot::rule_count(Direction d) const {
   size_t n = 0;
-  for (auto& r : rules) n += (r.direction == d && !r.is_default);
+  for (auto& r : rules) n += (r.direction == d && !r.is_default && r.enabled);
+  return n;
+}
+
+size_t Snapshot::entry_count(uint32_t rule) const {
+  size_t n = 0;
+  for (auto& e : entries) n += e.rule == rule;
   return n;
 }
 
 std::string Snapshot::summary() const {
-  return fmt::format("{} outbound rules ({} destination entries, {} sender entries), {} inbound rules ({} sender, "
+  std::string off;
+  if (!disabled.empty()) {
+    size_t n = 0;
+    for (auto& e : entries) n += !rules[e.rule].enabled;
+    off = fmt::format(", {} disabled rule{} ({} entries not in force)", disabled.size(),
+                      disabled.size() == 1 ? "" : "s", n);
+  }
+  auto out = fmt::format("{} outbound rules ({} destination entries, {} sender entries), {} inbound rules ({} sender, "
                      "{} recipient, {} client entries), default {}",
                      rule_count(Direction::outbound), destinations.size(), senders.size(),
                      rule_count(Direction::inbound), inbound_senders.size(), inbound_recipients.size(),
                      clients.size(),
                      default_rule == kNone ? std::string("unset (Postfix's smtp_tls_security_level applies)")
                                            : rules[default_rule].policy.value());
+  out += off;
+  return out;
 }
 
 bool Snapshot::entry_enforces(uint32_t e) const {
   const Rule& r = rules[entries[e].rule];
+  if (!r.enabled) return false;
   return r.direction == Direction::outbound ? enforces_tls(r.policy.level)
                                             : r.require_tls && r.action != Action::monitor;
 }

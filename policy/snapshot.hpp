@@ -36,6 +36,9 @@ struct Rule {
   uint32_t file = 0, line = 0;
   Direction direction = Direction::outbound;
   bool is_default = false;
+  // enabled = false: the entries are parsed and checked, but indexed apart
+  // (Snapshot::disabled) where lookups never look; only explain does.
+  bool enabled = true;
   // outbound
   TlsPolicy policy;
   std::string transport;  // per-rule override of Settings::transport (and bounce_transport)
@@ -105,6 +108,14 @@ struct Settings {
   MilterSettings milter;
 };
 
+// The entries of one disabled rule, indexed as they would be if it were on:
+// for `query --explain` ("would match"). One set per rule, so a disabled
+// rule never conflicts with enabled ones (only one of them is in force).
+struct DisabledRule {
+  uint32_t rule;
+  Matcher destinations, senders, inbound_senders, inbound_recipients, clients;
+};
+
 struct Snapshot {
   std::vector<std::string> files;  // file names rules and entries point into
   std::vector<Rule> rules;
@@ -114,6 +125,7 @@ struct Snapshot {
   Matcher inbound_senders, inbound_recipients, clients;    // inbound
   Matcher outbound_clients;                                // milter direction
   uint32_t default_rule = kNone;
+  std::vector<std::unique_ptr<DisabledRule>> disabled;
   Settings settings;
   // Lookups each rule decided, for the metrics (the one mutable part: counters).
   std::unique_ptr<Counter[]> rule_hits;
@@ -123,7 +135,10 @@ struct Snapshot {
   }
   std::string where(const Rule& r) const;
   std::string where_entry(uint32_t entry) const;
-  size_t rule_count(Direction d) const;
+  size_t rule_count(Direction d) const;  // enabled rules only
+  size_t entry_count(uint32_t rule) const;
+  // "4 outbound rules (5 destination entries, ...), 2 inbound rules (...), default may"
+  // (and ", 1 disabled rule (3 entries not in force)" when there are some)
   // "4 outbound rules (5 destination entries, ...), 2 inbound rules (...), default may"
   std::string summary() const;
   // Does this entry demand TLS (an outbound rule whose level enforces it, an

@@ -228,3 +228,30 @@ milter = { outbound_clients = [ "10.0.0.0/8" ]; };
   t.connect(ip("198.51.100.1"), in);
   CHECK(t.mail("<x@Müller.test>", in) == Verdict2::reject);
 }
+
+TEST_CASE("inbound: MAIL FROM:<> only meets a \"<>\" sender entry, never \"*\"") {
+  struct Case {
+    std::string from;  // the inbound rule's from list
+    std::string sender;
+    Verdict2 want;
+  };
+  const Case cases[] = {
+      {"[ \"*\" ]", "<>", Verdict2::go_on},
+      {"[ \"*\" ]", "<a@else.test>", Verdict2::reject},
+      {"[ \"*\", \"<>\" ]", "<>", Verdict2::reject},
+      {"[ \"<>\" ]", "<>", Verdict2::reject},
+      {"[ \"<>\" ]", "<a@else.test>", Verdict2::go_on},
+  };
+  for (auto& c : cases) {
+    auto r = testing::load_text("inbound = ( { from = " + c.from + "; } );");
+    REQUIRE(r.snapshot);
+    PolicyHolder holder;
+    holder.store(r.snapshot);
+    FakeMta mta;
+    Session s(holder);
+    s.connect(ip("198.51.100.1"), mta);
+    s.helo(mta);
+    INFO("from = " << c.from << ", MAIL FROM:" << c.sender);
+    CHECK(s.mail(c.sender, mta) == c.want);
+  }
+}

@@ -60,7 +60,7 @@ TEST_CASE("bad entries are refused with a message that helps") {
       {"a..b", Dimension::destination, "empty label in \"a..b\": perhaps you meant \"a.b\""},
       {"*", Dimension::destination, "default"},
       {"1.2.3.4", Dimension::sender, "IP addresses"},
-      {"a.com b.com", Dimension::destination, "one entry per line"},
+      {"a.com b.com", Dimension::destination, "a config string is one entry"},
       {"-bad.com", Dimension::destination, "not a valid domain"},
   };
   for (auto& c : cases) {

@@ -38,6 +38,7 @@ constexpr const char* kUsage =
     "       tlspolicy query [-c FILE] [-m MAP] [--explain] KEY...\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "       tlspolicy query --daemon [-c FILE | --socket PATH] [-m MAP] [--explain] KEY...\n"
+    "       tlspolicy query [-c FILE] -m effective ADDRESS...   (transport, next-hop policy, header)\n"
     "       tlspolicy status [-c FILE | --socket PATH]\n"
     "       tlspolicy postfix-config [-c FILE]   (the main.cf and master.cf lines FILE needs)\n"
     "       tlspolicy reload [--force] [-c FILE | --socket PATH]\n"
@@ -412,7 +413,7 @@ int main(int argc, char** argv) {
   bool explain = false, verbose = false;
   std::string postconf_dir;
   unsigned threads = 0;
-  bool daemon = false, force = false;
+  bool daemon = false, force = false, effective = false;
   std::string socket;
   std::vector<std::string> keys;
   for (int i = 2; i < argc; ++i) {
@@ -437,6 +438,9 @@ int main(int argc, char** argv) {
       force = true;
     } else if (a == "--socket" && (cmd == "query" || cmd == "status" || cmd == "reload")) {
       socket = argv[++i];
+    } else if (a == "-m" && std::string_view(argv[i + 1]) == "effective" && cmd == "query") {
+      effective = true;
+      ++i;
     } else if (a == "-m") {
       auto m = parse_map_name(argv[++i]);
       if (!m) return usage(fmt::format("unknown map \"{}\" (maps: {})", argv[i], kMapNames).c_str());
@@ -503,6 +507,14 @@ int main(int argc, char** argv) {
   }
   auto snap = load(config, false);
   if (!snap) return 2;
+  if (effective) {
+    // One recipient's whole story: transport, next-hop policy, header.
+    for (auto& k : keys) {
+      if (k.find('@') == std::string::npos) return usage(fmt::format("-m effective takes recipient addresses, not \"{}\"", k).c_str());
+      fmt::print("{}", effective_text(*snap, k));
+    }
+    return 0;
+  }
   if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);
   bool any = false;
   for (auto& k : keys) {

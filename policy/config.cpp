@@ -4,6 +4,7 @@
 #include "policy/config.hpp"
 
 #include "policy/ciphers.hpp"
+#include "policy/maps.hpp"
 
 #include <fmt/format.h>
 
@@ -225,6 +226,8 @@ class Loader {
     return uint32_t(snap_->rules.size() - 1);
   }
 
+  void check_laxer_addresses();
+  std::vector<std::pair<uint32_t, std::string>> dest_addresses_;  // enabled address entries: id, key
   static constexpr size_t kMaxErrors = 100;
   static constexpr off_t kMaxListBytes = off_t(1) << 30;  // 25M entries of 40 bytes
   std::string path_, dir_;
@@ -307,6 +310,8 @@ void Loader::add_entry(Matcher& m, Dimension dim, bool subdomains, std::string_v
   }
   if (dim == Dimension::destination) warn_no_suffix(*e, text, file, line);
   uint32_t id = uint32_t(snap_->entries.size());
+  if (dim == Dimension::destination && e->kind == EntryKind::address && &m == &snap_->destinations)
+    dest_addresses_.push_back({id, e->key});
   snap_->entries.push_back({rule, file, line, uint32_t(snap_->entry_text.size()), uint32_t(text.size())});
   snap_->entry_text.append(text);
   const Rule& mine = snap_->rules[rule];
@@ -879,6 +884,41 @@ void Loader::parse(libconfig::Config& cfg) {
   if (failed) std::rethrow_exception(failed);
 }
 
+// One effective level per recipient: Postfix applies smtp_tls_policy_maps
+// per next hop, so an address rule laxer than its domain's cannot make that
+// recipient's delivery laxer (the header would say Try while the next hop
+// enforces encrypt). Refused, with the way out, rather than answered in
+// contradiction. (Stricter address rules are what the transport map is for.)
+void Loader::check_laxer_addresses() {
+  for (auto& [id, key] : dest_addresses_) {
+    const EntryInfo& e = snap_->entries[id];
+    const Rule& own = snap_->rules[e.rule];
+    uint32_t drule = kNone;
+    Level dlevel = domain_level(*snap_, key, &drule);
+    // A stricter address rule is routed to the enforcing transport, which
+    // enforces encrypt and nothing more unless the rule names its own.
+    if ((rank(own.policy.level) > rank(Level::encrypt) || !own.policy.attributes.empty()) && own.transport.empty() &&
+        rank(own.policy.level) > rank(dlevel))
+      result_.warnings.push_back(
+          {snap_->files[e.file], int(e.line),
+           fmt::format("\"{}\" (rule \"{}\": {}) is routed to {}, which enforces what its master.cf entry says "
+                       "(smtp_tls_security_level=encrypt in the documented one), not {}: give the rule its own "
+                       "transport, e.g. a service with -o smtp_tls_security_level={}",
+                       snap_->text(id), own.name, own.policy.value(), snap_->settings.transport,
+                       own.policy.value(), level_name(own.policy.level))});
+    if (drule == kNone || rank(own.policy.level) >= rank(dlevel)) continue;
+    const Rule& dom = snap_->rules[drule];
+    error(snap_->files[e.file], int(e.line),
+          fmt::format("\"{}\" (rule \"{}\": {}) is laxer than its domain's {} ({} at {}): Postfix applies the "
+                      "TLS policy per next hop, so this recipient would still get {} while the X-TLSLevel header "
+                      "says otherwise. Remove the address entry, or make the exception for the whole domain "
+                      "(or a subdomain) instead",
+                      snap_->text(id), own.name, level_name(own.policy.level), level_name(dlevel),
+                      dom.is_default ? "the default" : fmt::format("rule \"{}\"", dom.name), snap_->where(dom),
+                      level_name(dlevel)));
+  }
+}
+
 LoadResult Loader::run() {
   libconfig::Config cfg;
   {
@@ -925,6 +965,7 @@ LoadResult Loader::run() {
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
   check_bounce_rules();
   collect_sources(root);
+  check_laxer_addresses();
   // An empty or truncated file (": > tlspolicy.conf", an editor that
   // truncates first) must not silently drop every rule.
   if (snap_->rules.empty() && !snap_->settings.allow_empty && result_.errors.empty())

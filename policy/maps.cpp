@@ -510,6 +510,41 @@ Level recipient_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule) 
   return r.domain_level;
 }
 
+Level domain_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule) {
+  auto r = recipient_levels(s, normalize_address(rcpt, s.settings.recipient_delimiter), nullptr);
+  *rule = r.domain_rule;
+  return r.domain_level;
+}
+
+std::string effective_text(const Snapshot& s, std::string_view rcpt) {
+  auto by = [&](uint32_t rule) {
+    if (rule == kNone) return std::string("no rule");
+    const Rule& r = s.rules[rule];
+    return r.is_default ? fmt::format("the default at {}", s.where(r))
+                        : fmt::format("rule \"{}\" at {}", printable(r.name), s.where(r));
+  };
+  std::string out = fmt::format("effective {}:\n", printable(rcpt));
+  auto at = rcpt.rfind('@');
+  std::string domain(at == std::string_view::npos ? rcpt : rcpt.substr(at + 1));
+  Answer hop = query(s, MapName::tls_policy, domain);
+  Answer tr = query(s, MapName::transport, rcpt);
+  uint32_t rule = kNone;
+  Level level = recipient_level(s, rcpt, &rule);
+  out += fmt::format("  next hop {}: tls-policy answers {} ({})\n", printable(domain),
+                     hop.found ? hop.value : "NOTFOUND: Postfix's smtp_tls_security_level", by(hop.rule));
+  if (tr.found)
+    out += fmt::format("  transport: {} ({}): this recipient is delivered by that service, whose own TLS "
+                       "settings apply\n",
+                       tr.value, by(tr.rule));
+  else
+    out += "  transport: NOTFOUND: Postfix's normal routing, and the next hop's policy above applies\n";
+  const MilterSettings& m = s.settings.milter;
+  std::string header = enforces_tls(level) ? m.header_require : level == Level::none ? "" : m.header_try;
+  out += fmt::format("  {}: {} (level {}, {}; a message's header follows its strictest recipient)\n", m.header,
+                     header.empty() ? "none added" : header, level_name(level), by(rule));
+  return out;
+}
+
 Level sender_level(const Snapshot& s, std::string_view sender, uint32_t* rule) {
   auto addr = normalize_address(sender, s.settings.recipient_delimiter);
   *rule = first_rule(s, s.senders, addr);

@@ -47,6 +47,15 @@ std::string explain_text(const Snapshot& s, MapName map, std::string_view key, c
 // Effective outbound level of one recipient (address rule, else domain rule,
 // else the default; may when nothing is known) and the rule behind it.
 Level recipient_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule);
+// The level its domain (exact, nearest parent, else the default) gives a
+// recipient, ignoring any rule for the address itself; may when nothing is
+// known. *rule: the deciding rule or kNone.
+Level domain_level(const Snapshot& s, std::string_view rcpt, uint32_t* rule);
+// For one recipient, everything that decides how its mail leaves, in one
+// answer: the transport map's answer, the next hop's tls-policy answer, the
+// X-TLSLevel header the milter writes, and the rule behind each (`tlspolicy
+// query -m effective`).
+std::string effective_text(const Snapshot& s, std::string_view rcpt);
 // Level required by an outbound sender rule; none when no rule matches.
 Level sender_level(const Snapshot& s, std::string_view sender, uint32_t* rule);
 

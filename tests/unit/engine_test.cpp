@@ -22,7 +22,7 @@ outbound = (
   { name = "subs-only"; level = "encrypt"; to = [ ".subs.test" ]; },
   { name = "star-domain"; level = "encrypt"; to = [ "*@star.test" ]; },
   { name = "auditor"; level = "encrypt"; to = [ "auditor@bigbank.test", "vip@partner.test" ]; },
-  { name = "downgrade"; level = "may"; to = [ "legacy@partner.test" ]; },
+  { name = "upgrade"; level = "verify"; to = [ "legacy@partner.test" ]; },
   { name = "wide"; level = "may"; to = [ "10.0.0.0/8" ]; },
   { name = "narrow"; level = "encrypt"; to = [ "10.1.0.0/16" ]; },
   { name = "host"; level = "secure"; to = [ "10.1.2.3" ]; },
@@ -102,7 +102,7 @@ TEST_CASE("engine answers: precedence, keys and maps") {
       {M::transport, "Auditor+Tag@BigBank.Test", "smtp-tls-encrypt:"},
       {M::transport, "other@bigbank.test", ""},
       {M::transport, "vip@partner.test", ""},  // encrypt is not stricter than the domain's encrypt
-      {M::transport, "legacy@partner.test", ""},
+      {M::transport, "legacy@partner.test", "smtp-tls-encrypt:"},  // verify is stricter than encrypt
       {M::transport, "boss@relayed.test", "smtp-enc:[relay.test]:587"},
       {M::transport, "*", ""},
       {M::transport, "bigbank.test", ""},
@@ -144,7 +144,7 @@ default = "may";
 bounce_transport = "smtp-bounce:";
 outbound = (
   { name = "bank"; level = "encrypt"; on_failure = "bounce"; to = [ "bank.test" ]; },
-  { name = "bank-loose"; level = "may"; to = [ "legacy@bank.test" ]; },
+  { name = "bank-loose"; level = "encrypt"; to = [ "legacy@bank.test" ]; },
   { name = "strict-defer"; level = "encrypt"; to = [ "strict.test" ]; },
   { name = "vip"; level = "encrypt"; on_failure = "bounce"; to = [ "vip@strict.test", "vip@open.test" ]; },
   { name = "own"; level = "verify"; on_failure = "bounce"; transport = "smtp-verify-bounce:"; to = [ "v.test" ]; },
@@ -158,7 +158,7 @@ outbound = (
   const Case cases[] = {
       {M::transport, "a@bank.test", "smtp-bounce:"},         // a domain rule
       {M::transport, "A+x@Sub.Bank.Test", "smtp-bounce:"},   // its subdomains
-      {M::transport, "legacy@bank.test", ""},                 // an address rule that does not enforce
+      {M::transport, "legacy@bank.test", ""},                 // an address rule that does not bounce
       {M::transport, "a@strict.test", ""},                    // defer: the tls-policy map covers it
       {M::transport, "vip@strict.test", "smtp-bounce:"},      // not stricter, but bounces
       {M::transport, "vip@open.test", "smtp-bounce:"},
@@ -195,7 +195,7 @@ TEST_CASE("effective levels for the header: address > domain > default") {
     Level want;
   };
   const LCase cases[] = {
-      {"legacy@partner.test", Level::may},     {"x@partner.test", Level::encrypt},
+      {"legacy@partner.test", Level::verify},  {"x@partner.test", Level::encrypt},
       {"auditor@bigbank.test", Level::encrypt}, {"x@bigbank.test", Level::may},
       {"x@secure.partner.test", Level::verify},
   };

@@ -253,3 +253,34 @@ TEST_CASE("min_cipher_bits in rules: enforcing levels only, not with ciphers=/ex
       CHECK(got == c.want);
   }
 }
+
+TEST_CASE("one effective level per recipient: laxer address rules refused, the effective query") {
+  auto lax = testing::load_text(
+      "outbound = ( { name = \"partner\"; level = \"encrypt\"; to = \"partner.example\"; },\n"
+      "  { name = \"noreply\"; level = \"may\"; to = \"noreply@partner.example\"; } );");
+  REQUIRE(!lax.snapshot);
+  REQUIRE(!lax.errors.empty());
+  CHECK(lax.errors[0].message.find("is laxer than its domain's encrypt") != std::string::npos);
+  CHECK(lax.errors[0].line == 2);
+  // Laxer than the default counts too; stricter or equal is fine.
+  auto dflt = testing::load_text("default = \"encrypt\"; outbound = ( { level = \"may\"; to = \"a@b.example\"; } );");
+  CHECK(!dflt.snapshot);
+  auto ok = testing::load_text(
+      "outbound = ( { name = \"partner\"; level = \"may\"; to = \"partner.example\"; },\n"
+      "  { name = \"vip\"; level = \"encrypt\"; to = \"vip@partner.example\"; } );");
+  REQUIRE(ok.snapshot);
+  std::string e = effective_text(*ok.snapshot, "vip@partner.example");
+  INFO(e);
+  CHECK(e.find("next hop partner.example: tls-policy answers may (rule \"partner\"") != std::string::npos);
+  CHECK(e.find("transport: smtp-tls-encrypt: (rule \"vip\"") != std::string::npos);
+  CHECK(e.find("X-TLSLevel: Require (level encrypt, rule \"vip\"") != std::string::npos);
+  std::string o = effective_text(*ok.snapshot, "other@partner.example");
+  CHECK(o.find("transport: NOTFOUND") != std::string::npos);
+  CHECK(o.find("X-TLSLevel: Try") != std::string::npos);
+  // A verify address rule through the encrypt-only service: a warning.
+  auto v = testing::load_text("outbound = ( { level = \"verify\"; to = \"v@x.example\"; } );");
+  REQUIRE(v.snapshot);
+  bool warned = false;
+  for (auto& w : v.warnings) warned |= w.message.find("give the rule its own transport") != std::string::npos;
+  CHECK(warned);
+}

@@ -284,3 +284,15 @@ TEST_CASE("one effective level per recipient: laxer address rules refused, the e
   for (auto& w : v.warnings) warned |= w.message.find("give the rule its own transport") != std::string::npos;
   CHECK(warned);
 }
+
+TEST_CASE("the shrink guard compares names, not spellings") {
+  auto a = testing::load_text("outbound = ( { level = \"encrypt\"; to = [ \"xn--bcher-kva.test\", \"vip@Example.test\", \"192.0.2.0/24\" ]; } );");
+  auto b = testing::load_text("outbound = ( { level = \"encrypt\"; to = [ \"bücher.test\", \"VIP@example.test\", \"192.0.2.0/24\" ]; } );");
+  auto c = testing::load_text("outbound = ( { level = \"encrypt\"; to = [ \"other.test\", \"vip@example.test\", \"192.0.2.0/24\" ]; } );");
+  REQUIRE((a.snapshot && b.snapshot && c.snapshot));
+  CHECK(enforcing_shrink(*a.snapshot, *b.snapshot, 10).gone == 0);  // the same three names
+  Shrink s = enforcing_shrink(*a.snapshot, *c.snapshot, 10);
+  CHECK(s.gone == 1);
+  REQUIRE(s.examples.size() == 1);
+  CHECK(s.examples[0].starts_with("xn--bcher-kva.test ("));
+}

@@ -43,23 +43,7 @@ TIME_LIMIT=90
 # shellcheck source-path=SCRIPTDIR source=lib/checks.sh
 . "$HERE/lib/checks.sh"
 
-e2e_init
-on_exit() {
-    local rc=$?
-    set +e
-    if [ "$rc" -ne 0 ] && [ -z "${SUMMARY_DONE-}" ]; then
-        echo "FAIL - t-bounce aborted (exit $rc) after $(( $(date +%s) - START ))s; $FAILS check(s) had failed"
-    fi
-    (exit "$rc")
-    e2e_cleanup
-}
-trap on_exit EXIT
-
-mkdir -p "$E2E_DIR/bin"
-cp "$TLSPOLICYD" "$E2E_DIR/bin/tlspolicyd"
-cp "$TLSPOLICY" "$E2E_DIR/bin/tlspolicy"
-TLSPOLICYD=$E2E_DIR/bin/tlspolicyd
-TLSPOLICY=$E2E_DIR/bin/tlspolicy
+e2e_start_script t-bounce
 
 # sink_msgs NAME [RCPT]: "tls=<bool> from=<s> to=<r,...>" per message.
 sink_msgs() {
@@ -86,18 +70,6 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     if sys.argv[2].lower() in [t.lower() for t in m["rcpt_tos"]]:
         print(m["data"])
 EOF
-}
-
-# q_reasons RCPT: delay_reason of each queued recipient RCPT.
-q_reasons() {
-    pf_queue_json | "$E2E_PYTHON" -c '
-import json, sys
-for line in sys.stdin:
-    if line.strip():
-        for x in json.loads(line).get("recipients", []):
-            if x.get("address", "").lower() == sys.argv[1].lower():
-                print(x.get("delay_reason", "") or "(no reason yet)")
-' "$1"
 }
 
 log_n() { grep -iF "to=<$1>" "$PF_MAILLOG" 2>/dev/null | grep -c "status=$2" || true; }

@@ -31,38 +31,9 @@ TIME_LIMIT=120
 # shellcheck source-path=SCRIPTDIR source=lib/checks.sh
 . "$HERE/lib/checks.sh"
 
-e2e_init
-on_exit() {
-    local rc=$?
-    set +e
-    if [ "$rc" -ne 0 ] && [ -z "${SUMMARY_DONE-}" ]; then
-        echo "FAIL - t-ciphers aborted (exit $rc) after $(( $(date +%s) - START ))s; $FAILS check(s) had failed"
-    fi
-    (exit "$rc")
-    e2e_cleanup
-}
-trap on_exit EXIT
-
-mkdir -p "$E2E_DIR/bin"
-cp "$TLSPOLICYD" "$E2E_DIR/bin/tlspolicyd"
-cp "$TLSPOLICY" "$E2E_DIR/bin/tlspolicy"
-TLSPOLICYD=$E2E_DIR/bin/tlspolicyd
-TLSPOLICY=$E2E_DIR/bin/tlspolicy
+e2e_start_script t-ciphers
 
 MSG_TIMEOUT=15
-
-# q_reasons RCPT: delay_reason of every queued copy for RCPT.
-q_reasons() {
-    pf_queue_json | "$E2E_PYTHON" -c '
-import json, sys
-r = sys.argv[1].lower()
-for line in sys.stdin:
-    if line.strip():
-        for x in json.loads(line).get("recipients", []):
-            if x.get("address", "").lower() == r:
-                print(x.get("delay_reason", "") or "(no reason yet)")
-' "$1"
-}
 
 # sink_got SINK RCPT: "tls=<bool> cipher=<name>" per message SINK got for RCPT.
 sink_got() {

@@ -175,19 +175,6 @@ pf_start
 
 # ------------------------------------------------------------- helpers --
 
-# q_reasons RCPT: delay_reason of every queued recipient RCPT, one per line.
-q_reasons() {
-    pf_queue_json | "$E2E_PYTHON" -c '
-import json, sys
-r = sys.argv[1].lower()
-for line in sys.stdin:
-    if line.strip():
-        for x in json.loads(line).get("recipients", []):
-            if x.get("address", "").lower() == r:
-                print(x.get("delay_reason", "") or "(no reason yet)")
-' "$1"
-}
-
 # q_count_reason DOMAIN ERE: queued recipients at DOMAIN whose reason
 # matches ERE.
 q_count_reason() {

@@ -34,21 +34,7 @@ TIME_LIMIT=90
 # shellcheck source-path=SCRIPTDIR source=lib/checks.sh
 . "$HERE/lib/checks.sh"
 
-e2e_init
-on_exit() {
-    local rc=$?
-    set +e
-    if [ "$rc" -ne 0 ] && [ -z "${SUMMARY_DONE-}" ]; then
-        echo "FAIL - t-header-checks aborted (exit $rc) after $(( $(date +%s) - START ))s; $FAILS check(s) had failed"
-    fi
-    (exit "$rc")
-    e2e_cleanup
-}
-trap on_exit EXIT
-
-mkdir -p "$E2E_DIR/bin"
-cp "$TLSPOLICYD" "$E2E_DIR/bin/tlspolicyd"
-TLSPOLICYD=$E2E_DIR/bin/tlspolicyd
+e2e_start_script t-header-checks
 
 # sink_msgs NAME RCPT: "tls=<bool> to=<r,...> hdr=<X-TLSLevel values>".
 sink_msgs() {
@@ -66,16 +52,6 @@ EOF
 }
 sink_n() { sink_msgs "$@" | grep -c . || true; }
 
-q_reasons() {
-    pf_queue_json | "$E2E_PYTHON" -c '
-import json, sys
-for line in sys.stdin:
-    if line.strip():
-        for x in json.loads(line).get("recipients", []):
-            if x.get("address", "").lower() == sys.argv[1].lower():
-                print(x.get("delay_reason", "") or "(no reason yet)")
-' "$1"
-}
 attempts() { grep -iF "to=<$1>" "$PF_MAILLOG" 2>/dev/null | grep -c 'status=deferred' || true; }
 
 send() {

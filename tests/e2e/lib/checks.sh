@@ -63,3 +63,28 @@ e2e_finish() {
     fi
     echo "PASS $name (${secs}s$detail)"
 }
+
+# e2e_start_script NAME: e2e_init, an EXIT trap that reports an aborted run
+# and cleans up, and private copies of $TLSPOLICYD (and $TLSPOLICY, when
+# set) that a rebuild of the tree cannot replace under a running test.
+e2e_start_script() {
+    E2E_SCRIPT=$1
+    e2e_init
+    trap _e2e_script_exit EXIT
+    mkdir -p "$E2E_DIR/bin"
+    cp "$TLSPOLICYD" "$E2E_DIR/bin/tlspolicyd"
+    TLSPOLICYD=$E2E_DIR/bin/tlspolicyd
+    if [ -n "${TLSPOLICY-}" ]; then
+        cp "$TLSPOLICY" "$E2E_DIR/bin/tlspolicy"
+        TLSPOLICY=$E2E_DIR/bin/tlspolicy
+    fi
+}
+_e2e_script_exit() {
+    local rc=$?
+    set +e
+    if [ "$rc" -ne 0 ] && [ -z "${SUMMARY_DONE-}" ]; then
+        echo "FAIL - $E2E_SCRIPT aborted (exit $rc) after $(( $(date +%s) - START ))s; $FAILS check(s) had failed"
+    fi
+    (exit "$rc")
+    e2e_cleanup
+}

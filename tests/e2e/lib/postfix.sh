@@ -337,6 +337,20 @@ e2e_daemon_stop() {
     return 0
 }
 
+# q_reasons RCPT: the delay_reason of every queued copy for RCPT (any case),
+# "(no reason yet)" before the first attempt.
+q_reasons() {
+    pf_queue_json | "$E2E_PYTHON" -c '
+import json, sys
+r = sys.argv[1].lower()
+for line in sys.stdin:
+    if line.strip():
+        for x in json.loads(line).get("recipients", []):
+            if x.get("address", "").lower() == r:
+                print(x.get("delay_reason", "") or "(no reason yet)")
+' "$1"
+}
+
 # ---------------------------------------------------------------- sinks --
 
 # sink_start NAME IP [--starttls]: start an aiosmtpd sink on IP:$SINK_PORT

@@ -214,7 +214,10 @@ while [ "$(date +%s)" -lt "$end" ] && kill -0 "$daemon_pid" 2>/dev/null; do
         5) write_conf may false ;;
     esac
     reloads_asked=$((reloads_asked + 1))
-    sleep 0.25
+    # The daemon reads a change once the files have been quiet for 0.5 s:
+    # each change stands long enough to be read on its own (the broken
+    # config too, which must be refused while serving).
+    sleep 0.7
 done
 echo "# reload driver: $reloads_asked changes or SIGHUPs ($broken broken configs)"
 

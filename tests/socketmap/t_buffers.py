@@ -34,6 +34,9 @@ import termios
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from t_protocol import free_port, ns  # noqa: E402  (one copy of the socketmap client helpers)
+
 DAEMON = sys.argv[1] if len(sys.argv) > 1 else "build/tlspolicyd"
 failures = []
 # A fingerprint policy with several match= values: a ~560-byte reply.
@@ -54,20 +57,6 @@ def check(name, cond, detail=""):
 def note(msg):
     print("# " + msg)
     sys.stdout.flush()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def ns(payload):
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return b"%d:%s," % (len(payload), payload)
 
 
 def parse(buf):

@@ -594,6 +594,14 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain)
   return {};
 }
 
+// Interface placeholders while issue 13 lands: the MX-aware rules and DANE
+// replace these (no rule needs discovery yet, so the static answer is right).
+std::string discovery_target(const Snapshot&, MapName, std::string_view) { return {}; }
+Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
+             const DestinationFacts*) {
+  return query(s, map, key, explain);
+}
+
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a) {
   std::string out = fmt::format("{} {}: {}\n", map_name(map), printable(key), a.found ? a.value : "NOTFOUND");
   bool first = true;

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "policy/facts.hpp"
 #include "policy/snapshot.hpp"
 
 namespace tlspolicy {
@@ -30,6 +31,9 @@ struct Step {
 
 struct Answer {
   bool found = false;
+  // A temporary failure (DNS failed for a destination an MX-aware rule might
+  // cover): the socketmap answers "TEMP <value>" and Postfix defers.
+  bool temp = false;
   std::string value;
   uint32_t rule = kNone;  // the rule that decided (default included), for logs
   // Filled only when explaining: every rule that matched, the deciding one
@@ -42,6 +46,14 @@ struct Answer {
 };
 
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
+// Discovery. discovery_target(): the destination whose DNS facts could change
+// this lookup's answer ("partner.example", "[mx.example]"), or "" when the
+// static policy answers alone (no MX-aware rule or DANE could apply, or a
+// rule for the name itself decides). The caller discovers it (discovery/)
+// and asks again with the facts; facts == nullptr is the static answer.
+std::string discovery_target(const Snapshot& s, MapName map, std::string_view key);
+Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
+             const DestinationFacts* facts);
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a);
 
 // Effective outbound level of one recipient (address rule, else domain rule,

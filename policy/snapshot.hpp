@@ -43,6 +43,9 @@ struct Rule {
   TlsPolicy policy;
   std::string transport;  // per-rule override of Settings::transport (and bounce_transport)
   OnFailure on_failure = OnFailure::inherit;
+  // MX-aware entries (IP/CIDR matched against MX addresses, mx: names): when
+  // DNS fails, defer (TEMP) or go on as if this rule did not match.
+  bool dns_failure_defers = true;
   bool has_to = false, has_from = false;  // destination / sender entries (for tlspolicy postfix-config)
   // inbound
   bool require_tls = true;
@@ -53,7 +56,7 @@ struct Rule {
 
   bool same_effect(const Rule& o) const {
     return direction == o.direction && policy == o.policy && transport == o.transport &&
-           on_failure == o.on_failure &&
+           on_failure == o.on_failure && dns_failure_defers == o.dns_failure_defers &&
            require_tls == o.require_tls && min_bits == o.min_bits &&
            min_protocol == o.min_protocol && action == o.action && reply == o.reply;
   }
@@ -94,6 +97,35 @@ struct MilterSettings {
 
 enum class Route { stricter, enforced };
 
+// Discovery (discovery/): DNS for MX-aware rules and DANE. Off unless the
+// configuration asks for it (an MX-aware entry, or dane != off), so a static
+// policy never sends a DNS query.
+enum class DaneMode { off, dane, dane_only };
+struct DiscoverySettings {
+  // Where libunbound sends its queries: "" = full recursion from the root;
+  // else forwarders "IP[@PORT]" (a local validating resolver, the test fixture).
+  std::vector<std::string> forwarders;
+  // The DNSSEC trust anchor libunbound validates with (a file of DS/DNSKEY
+  // records, or an RFC 5011 auto-trust-anchor file); "" = no validation of
+  // our own: then trust_forwarder_ad decides.
+  std::string trust_anchor_file = "/usr/share/dns/root.key";
+  // Trust the AD bit of the forwarders' answers instead of validating
+  // (a validating resolver on a trusted path, such as loopback).
+  bool trust_forwarder_ad = false;
+  int query_timeout_ms = 2000;  // per DNS question (libunbound's retries within)
+  int deadline_ms = 5000;       // per socketmap request that waits for discovery
+  int max_outstanding = 1000;   // destinations being discovered at once; beyond: TEMP
+  size_t cache_entries = 100000;  // cached DNS answers (LRU beyond)
+  int negative_ttl_max = 900;     // cap on negative caching (seconds)
+  int failure_ttl = 30;           // a failed lookup is retried after this many seconds
+  DaneMode dane = DaneMode::off;
+  // When DNS fails for a destination an MX-aware rule might cover: defer
+  // (TEMP; nothing leaves in plaintext) or go on as if no rule matched.
+  // Per rule too (Rule::dns_failure_defers).
+  bool dns_failure_defers = true;
+};
+
+
 struct Settings {
   bool subdomains = true;
   std::string recipient_delimiter = "+";
@@ -106,6 +138,7 @@ struct Settings {
   bool allow_empty = false;     // a config without any rule is an error unless this says so
   DaemonSettings daemon;
   MilterSettings milter;
+  DiscoverySettings discovery;
 };
 
 // The entries of one disabled rule, indexed as they would be if it were on:

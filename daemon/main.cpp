@@ -234,7 +234,7 @@ int main(int argc, char** argv) {
   }
   if (!d.milter.empty()) {
     std::string err;
-    if (!milter_open(d.milter, d, holder, log_line, &err)) fatal(fmt::format("milter {}: {}", d.milter, err));
+    if (!milter_open(d.milter, d, holder, log_line, log_deferred, log_flush, &err)) fatal(fmt::format("milter {}: {}", d.milter, err));
   }
   std::unique_ptr<Metrics> metrics;
   if (!d.metrics.empty()) {

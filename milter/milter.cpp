@@ -35,6 +35,8 @@ namespace {
 
 const PolicyHolder* g_holder = nullptr;
 LogFn g_log = nullptr;
+LogFn g_log_deferred = nullptr;  // queued without waking the log writer...
+void (*g_log_flush)() = nullptr;  // ...which this does once per callback
 
 // The production Mta: smfi_* calls on one SMFICTX.
 class SmfiMta final : public Mta {
@@ -67,10 +69,21 @@ class SmfiMta final : public Mta {
     if (smfi_chgheader(ctx_, const_cast<char*>(name.c_str()), occurrence, nullptr) != MI_SUCCESS)
       throw std::runtime_error("smfi_chgheader failed");
   }
-  void log(int priority, const std::string& text) override { g_log(priority, "milter: " + text); }
+  // A callback's lines (end of message: up to one per recipient) wake the
+  // log writer once, when the callback is done, not once per line.
+  void log(int priority, const std::string& text) override {
+    std::string line = "milter: ";
+    line += text;
+    g_log_deferred(priority, line);
+    logged_ = true;
+  }
+  ~SmfiMta() override {
+    if (logged_) g_log_flush();
+  }
 
  private:
   SMFICTX* ctx_;
+  bool logged_ = false;
 };
 
 sfsistat failure_status() {
@@ -95,10 +108,10 @@ sfsistat status(Verdict2 v) {
 // Per-connection state: the session and what negotiation settled.
 struct Conn {
   Session session{*g_holder};
-  bool no_header_reply = false;
-  bool no_connect_reply = false;
-  bool no_helo_reply = false;
-  bool no_eoh_reply = false;
+  unsigned long no_reply = 0;  // the SMFIP_NR_* flags negotiated
+  // A callback failed at a stage the MTA expects no reply for: the failure
+  // action is applied at the next stage that replies (DATA or end of message).
+  bool failed = false;
 };
 
 Conn& conn(SMFICTX* ctx) {
@@ -132,12 +145,34 @@ sfsistat guarded(const char* stage, F&& f) noexcept {
   return failure_status();
 }
 
-// A session callback: f(session, mta) inside the barrier.
+// A session callback: f(session, mta) inside the barrier. nr_flag: the
+// SMFIP_NR_* flag of this stage (0: always replies); when it was negotiated
+// the MTA reads no reply, so none is sent, and a failure waits for the next
+// stage that replies.
 template <class F>
-sfsistat call(SMFICTX* ctx, const char* stage, F&& f) noexcept {
-  return guarded(stage, [&] {
+sfsistat call(SMFICTX* ctx, const char* stage, unsigned long nr_flag, F&& f) noexcept {
+  Conn* c = nullptr;
+  sfsistat r = guarded(stage, [&] {
+    c = &conn(ctx);
     SmfiMta mta(ctx);
-    return f(conn(ctx).session, mta);
+    return f(c->session, mta);
+  });
+  if (!c || !(c->no_reply & nr_flag)) return r;
+  if (r != SMFIS_CONTINUE && r != SMFIS_NOREPLY) c->failed = true;
+  return SMFIS_NOREPLY;
+}
+
+// At a stage that replies: the failure action if an earlier stage without
+// a reply failed, else what f says.
+template <class F>
+sfsistat call_replying(SMFICTX* ctx, const char* stage, F&& f) noexcept {
+  return call(ctx, stage, 0, [&](Session& s, Mta& mta) {
+    Conn& c = conn(ctx);
+    if (c.failed) {
+      c.failed = false;
+      return failure_status();
+    }
+    return f(s, mta);
   });
 }
 
@@ -165,19 +200,25 @@ sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned
         g_log(LOG_WARNING, "milter: libmilter refused the MAIL macro list: TLS facts come from HELO only");
     }
     // Every round trip costs smtpd time: skip the stages we never look at
-    // and answer none of those that never reject (connect, HELO, headers,
-    // end of headers). DATA keeps its reply: it is what stops Postfix's
-    // DATA macro packet from waiting for a delayed ACK. End of headers is
-    // NOT skipped (no SMFIP_NOEOH): libmilter's state table then has no way
-    // from DATA to end of message for a message without headers, drops
-    // that command unanswered, and the MTA waits milter_content_timeout.
+    // and answer none of those that never stop mail (connect, HELO,
+    // headers, end of headers), nor MAIL and RCPT when no inbound rule of
+    // the snapshot current now can stop mail there (read per connection: a
+    // reload that adds or drops such a rule applies to new connections; a
+    // rule a reload adds under an open connection is applied at DATA, see
+    // Session::set_replies). DATA keeps its reply: it is what stops
+    // Postfix's DATA macro packet from waiting for a delayed ACK. End of
+    // headers is NOT skipped (no SMFIP_NOEOH): libmilter's state table then
+    // has no way from DATA to end of message for a message without headers,
+    // drops that command unanswered, and the MTA waits
+    // milter_content_timeout.
+    auto snap = g_holder->load();
     unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_CONN | SMFIP_NR_HELO;
+    if (snap && !snap->inbound_stops.mail) want |= SMFIP_NR_MAIL;
+    if (snap && !snap->inbound_stops.rcpt) want |= SMFIP_NR_RCPT;
     *pf1 = f1 & want;
     Conn& c = conn(ctx);
-    c.no_header_reply = (*pf1 & SMFIP_NR_HDR) != 0;
-    c.no_connect_reply = (*pf1 & SMFIP_NR_CONN) != 0;
-    c.no_helo_reply = (*pf1 & SMFIP_NR_HELO) != 0;
-    c.no_eoh_reply = (*pf1 & SMFIP_NR_EOH) != 0;
+    c.no_reply = *pf1 & (SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT);
+    c.session.set_replies(!(*pf1 & SMFIP_NR_MAIL), !(*pf1 & SMFIP_NR_RCPT));
     *pf2 = 0;
     *pf3 = 0;
     return SMFIS_CONTINUE;
@@ -186,7 +227,7 @@ sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned
 
 sfsistat on_connect(SMFICTX* ctx, char*, _SOCK_ADDR* sa) {
   stats().milter_sessions.add();
-  return call(ctx, "connect", [&](Session& s, Mta& mta) {
+  return call(ctx, "connect", SMFIP_NR_CONN, [&](Session& s, Mta& mta) {
     std::optional<IpAddr> ip;
     if (sa && sa->sa_family == AF_INET) {
       IpAddr a;
@@ -199,49 +240,49 @@ sfsistat on_connect(SMFICTX* ctx, char*, _SOCK_ADDR* sa) {
       ip = a;
     }
     s.connect(ip, mta);
-    return conn(ctx).no_connect_reply ? SMFIS_NOREPLY : SMFIS_CONTINUE;
+    return SMFIS_CONTINUE;
   });
 }
 
 sfsistat on_helo(SMFICTX* ctx, char*) {
-  return call(ctx, "helo", [&](Session& s, Mta& mta) {
+  return call(ctx, "helo", SMFIP_NR_HELO, [&](Session& s, Mta& mta) {
     s.helo(mta);
-    return conn(ctx).no_helo_reply ? SMFIS_NOREPLY : SMFIS_CONTINUE;
+    return SMFIS_CONTINUE;
   });
 }
 
 sfsistat on_envfrom(SMFICTX* ctx, char** argv) {
-  return call(ctx, "mail", [&](Session& s, Mta& mta) { return status(s.mail(argv && argv[0] ? argv[0] : "", mta)); });
+  return call(ctx, "mail", SMFIP_NR_MAIL, [&](Session& s, Mta& mta) { return status(s.mail(argv && argv[0] ? argv[0] : "", mta)); });
 }
 
 sfsistat on_envrcpt(SMFICTX* ctx, char** argv) {
-  return call(ctx, "rcpt", [&](Session& s, Mta& mta) { return status(s.rcpt(argv && argv[0] ? argv[0] : "", mta)); });
+  return call(ctx, "rcpt", SMFIP_NR_RCPT, [&](Session& s, Mta& mta) { return status(s.rcpt(argv && argv[0] ? argv[0] : "", mta)); });
 }
 
 sfsistat on_data(SMFICTX* ctx) {
-  return call(ctx, "data", [](Session&, Mta&) { return SMFIS_CONTINUE; });
+  return call_replying(ctx, "data", [](Session& s, Mta& mta) { return status(s.data(mta)); });
 }
 
 sfsistat on_header(SMFICTX* ctx, char* name, char*) {
-  return call(ctx, "header", [&](Session& s, Mta&) {
+  return call(ctx, "header", SMFIP_NR_HDR, [&](Session& s, Mta&) {
     s.header(name ? name : "");
-    return conn(ctx).no_header_reply ? SMFIS_NOREPLY : SMFIS_CONTINUE;
+    return SMFIS_CONTINUE;
   });
 }
 
 sfsistat on_eoh(SMFICTX* ctx) {
-  return call(ctx, "eoh", [&](Session&, Mta&) { return conn(ctx).no_eoh_reply ? SMFIS_NOREPLY : SMFIS_CONTINUE; });
+  return call(ctx, "eoh", SMFIP_NR_EOH, [](Session&, Mta&) { return SMFIS_CONTINUE; });
 }
 
 sfsistat on_eom(SMFICTX* ctx) {
-  return call(ctx, "eom", [&](Session& s, Mta& mta) {
+  return call_replying(ctx, "eom", [&](Session& s, Mta& mta) {
     s.end_of_message(mta);
     return SMFIS_CONTINUE;
   });
 }
 
 sfsistat on_abort(SMFICTX* ctx) {
-  return call(ctx, "abort", [&](Session& s, Mta&) {
+  return call(ctx, "abort", 0, [&](Session& s, Mta&) {
     s.abort();
     return SMFIS_CONTINUE;
   });
@@ -305,9 +346,11 @@ int g_listener = -1;
 }  // namespace
 
 bool milter_open(const std::string& endpoint, const DaemonSettings& d, const PolicyHolder& holder, LogFn log,
-                 std::string* error) {
+                 LogFn log_deferred, void (*log_flush)(), std::string* error) {
   g_holder = &holder;
   g_log = log;
+  g_log_deferred = log_deferred;
+  g_log_flush = log_flush;
   // Our endpoint syntax -> libmilter's: inet:IP:PORT -> inet:PORT@IP, unix:/p -> unix:/p.
   std::string conn = endpoint;
   if (endpoint.starts_with("inet:")) {

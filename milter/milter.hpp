@@ -13,8 +13,10 @@ namespace tlspolicy {
 using LogFn = void (*)(int priority, const std::string& text);
 
 // Opens the listening socket; returns false with *error set on failure.
+// log writes a line; log_deferred queues one that log_flush() then writes
+// (the milter logs a callback's lines with one wake of the log writer).
 bool milter_open(const std::string& endpoint, const DaemonSettings& d, const PolicyHolder& holder, LogFn log,
-                 std::string* error);
+                 LogFn log_deferred, void (*log_flush)(), std::string* error);
 // Runs the milter until milter_stop(); call on its own thread.
 void milter_run();
 void milter_stop();

@@ -79,7 +79,8 @@ Verdict2 Session::mail(const std::string& sender, Mta& mta) {
     return Verdict2::go_on;
   }
   Verdict v = check_inbound_sender(*snap_, sender_, client_ ? &*client_ : nullptr, tls_);
-  return enforce(v, fmt::format("client={} from=<{}>", client_text_, sender_), mta);
+  if (!v.matched || v.pass) return Verdict2::go_on;
+  return enforce(v, reply_mail_, fmt::format("client={} from=<{}>", client_text_, sender_), mta);
 }
 
 Verdict2 Session::rcpt(const std::string& rcpt_arg, Mta& mta) {
@@ -93,11 +94,19 @@ Verdict2 Session::rcpt(const std::string& rcpt_arg, Mta& mta) {
     return Verdict2::go_on;
   }
   Verdict v = check_inbound_recipient(*snap_, rcpt, sender_, tls_);
-  return enforce(v, fmt::format("client={} from=<{}> to=<{}>", client_text_, sender_, rcpt), mta);
+  if (!v.matched || v.pass) return Verdict2::go_on;
+  return enforce(v, reply_rcpt_, fmt::format("client={} from=<{}> to=<{}>", client_text_, sender_, rcpt), mta);
 }
 
-Verdict2 Session::enforce(const Verdict& v, const std::string& what, Mta& mta) {
-  if (!v.matched || v.pass) return Verdict2::go_on;
+Verdict2 Session::data(Mta& mta) {
+  if (held_ == Verdict2::go_on) return Verdict2::go_on;
+  mta.set_reply(held_reply_);
+  Verdict2 v = held_;
+  held_ = Verdict2::go_on;
+  return v;
+}
+
+Verdict2 Session::enforce(const Verdict& v, bool can_reply, const std::string& what, Mta& mta) {
   std::string why = rule_where(*snap_, v.rule);
   std::string tls = tls_.version.empty() ? "no TLS" : fmt::format("{} {} bits", tls_.version, tls_.bits);
   if (v.action == Action::monitor) {
@@ -108,9 +117,17 @@ Verdict2 Session::enforce(const Verdict& v, const std::string& what, Mta& mta) {
     return Verdict2::go_on;
   }
   (v.action == Action::reject ? stats().milter_reject : stats().milter_tempfail).add();
+  Verdict2 verdict = v.action == Action::reject ? Verdict2::reject : Verdict2::tempfail;
+  if (!can_reply) {
+    mta.log(LOG_NOTICE, fmt::format("{} {} ({}): {} ({}); applied at DATA: this connection was opened "
+                                    "when no rule could stop mail at this stage",
+                                    action_name(v.action), what, tls, v.reply, why));
+    if (held_ == Verdict2::go_on) held_ = verdict, held_reply_ = v.reply;
+    return Verdict2::go_on;
+  }
   mta.log(LOG_NOTICE, fmt::format("{} {} ({}): {} ({})", action_name(v.action), what, tls, v.reply, why));
   mta.set_reply(v.reply);
-  return v.action == Action::reject ? Verdict2::reject : Verdict2::tempfail;
+  return verdict;
 }
 
 void Session::header(const std::string& name) {
@@ -146,6 +163,8 @@ void Session::abort() {
   strictest_ = Level::none;
   notes_.clear();
   forged_headers_ = 0;
+  held_ = Verdict2::go_on;
+  held_reply_.clear();
 }
 
 }  // namespace tlspolicy

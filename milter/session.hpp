@@ -31,17 +31,26 @@ class Session {
  public:
   explicit Session(const PolicyHolder& holder) : holder_(holder) {}
 
+  // Whether the MTA waits for a reply at MAIL and RCPT (negotiated per
+  // connection from the snapshot current then: SMFIP_NR_MAIL/NR_RCPT when no
+  // inbound rule can stop mail there). A reject or tempfail that comes up at
+  // a stage without a reply (a reload added such a rule while the
+  // connection was open) is held and returned by data(): the message is
+  // still refused, at DATA.
+  void set_replies(bool at_mail, bool at_rcpt) { reply_mail_ = at_mail, reply_rcpt_ = at_rcpt; }
+
   void connect(const std::optional<IpAddr>& client, Mta& mta);  // ::ffff:a.b.c.d counts as a.b.c.d
   void helo(Mta& mta);
   Verdict2 mail(const std::string& sender, Mta& mta);
   Verdict2 rcpt(const std::string& rcpt, Mta& mta);
+  Verdict2 data(Mta& mta);  // a decision held from a stage without a reply, else go_on
   void header(const std::string& name);
   void end_of_message(Mta& mta);
   void abort();  // ends the transaction, keeps the connection (STARTTLS resets too)
   bool outbound() const { return outbound_; }
 
  private:
-  Verdict2 enforce(const Verdict& v, const std::string& what, Mta& mta);
+  Verdict2 enforce(const Verdict& v, bool can_reply, const std::string& what, Mta& mta);
   void read_tls(Mta& mta);
 
   const PolicyHolder& holder_;
@@ -57,6 +66,9 @@ class Session {
   Level strictest_ = Level::none;
   std::vector<std::string> notes_;  // per-recipient decisions, logged again with the queue ID
   int forged_headers_ = 0;
+  Verdict2 held_ = Verdict2::go_on;  // see set_replies()
+  std::string held_reply_;
+  bool reply_mail_ = true, reply_rcpt_ = true;
 };
 
 }  // namespace tlspolicy

@@ -613,9 +613,19 @@ void Loader::read_inbound(const Setting& r, int index) {
   if (!off && snap_->rules[id].require_tls)
     for (size_t e = first; e < snap_->entries.size(); ++e)
       if (snap_->text(uint32_t(e)) == "*") star_senders_.push_back(uint32_t(e));
+  size_t after_from = snap_->entries.size();
   add_entries(r, "to", "to_lists", off ? off->inbound_recipients : snap_->inbound_recipients,
               Dimension::inbound_recipient, sub, id);
+  size_t after_to = snap_->entries.size();
   add_entries(r, "clients", "client_lists", off ? off->clients : snap_->clients, Dimension::client, sub, id);
+  // Which milter stages this rule can stop (the milter asks for no reply
+  // where no rule can): senders and clients are judged at MAIL, recipients
+  // at RCPT. An exemption or a monitor rule never stops anything.
+  const Rule& added = snap_->rules[id];
+  if (!off && added.require_tls && added.action != Action::monitor) {
+    if (after_from > first || snap_->entries.size() > after_to) snap_->inbound_stops.mail = true;
+    if (after_to > after_from) snap_->inbound_stops.rcpt = true;
+  }
 }
 
 // "inet:127.0.0.1:10461" or "unix:/path"; host must be an IP literal.

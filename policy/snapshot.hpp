@@ -158,6 +158,13 @@ struct Snapshot {
   Matcher inbound_senders, inbound_recipients, clients;    // inbound
   Matcher outbound_clients;                                // milter direction
   uint32_t default_rule = kNone;
+  // The milter stages at which some enabled inbound rule can reject or
+  // tempfail (not monitor, not an exemption): MAIL (sender and client
+  // entries) and RCPT (recipient entries). The milter asks the MTA for a
+  // reply only at those (SMFIP_NR_MAIL / SMFIP_NR_RCPT otherwise).
+  struct {
+    bool mail = false, rcpt = false;
+  } inbound_stops;
   std::vector<std::unique_ptr<DisabledRule>> disabled;
   Settings settings;
   // Lookups each rule decided, for the metrics (the one mutable part: counters).

@@ -30,14 +30,29 @@ sighup()
 wait_log("3 inbound rules", 1)
 check(daemon_alive(), "the daemon died on the second reload")
 
-step("v2 on the still-open connection A: late.test rejected, legal@ rejected, may.test Require")
+step("v2 on the still-open connection A: late.test rejected, legal@ refused at DATA, may.test Require")
 check(mail(a, "x@late.test") == SMFIR_REPLYCODE, "late.test sender not rejected under v2")
 check(mail(a, "y@other.test") == SMFIR_CONTINUE, "y@other.test not accepted")
-check(rcpt(a, "legal@ourcorp.test") == SMFIR_REPLYCODE, "legal@ not rejected under v2")
+-- A was negotiated under v1, which has no rule that stops mail at RCPT:
+-- the MTA reads no reply there, so v2's legal@ rule refuses the message at
+-- DATA on this connection (new connections get the reply at RCPT, below).
+check(mt.test_option(a, SMFIP_NR_RCPT), "connection A under v1 (no recipient rule) asked for a reply at RCPT")
+check(not mt.test_option(a, SMFIP_NR_MAIL), "connection A under v1 (a sender rule) asked for no reply at MAIL")
+check(rcpt(a, "legal@ourcorp.test") == SMFIR_CONTINUE, "RCPT legal@ without a reply")
+mt.data(a)
+check(mt.getreply(a) == SMFIR_REPLYCODE, "legal@ not refused at DATA under v2")
 check(mt.abort(a) == nil, "mt.abort")
 transaction(a, "alice@ourcorp.test", { "bob@may.test" }, { auth = "alice" })
 expect_one_header(a, "X-TLSLevel", "Require")
 mt.disconnect(a)
+
+step("a new connection under v2: a reply at RCPT, legal@ rejected there")
+local n = connect({ ip = "203.0.113.22" })
+helo(n, nil)
+check(not mt.test_option(n, SMFIP_NR_RCPT), "a connection under v2 (a recipient rule) asked for no reply at RCPT")
+check(mail(n, "y@other.test") == SMFIR_CONTINUE, "y@other.test not accepted")
+check(rcpt(n, "legal@ourcorp.test") == SMFIR_REPLYCODE, "legal@ not rejected at RCPT under v2")
+mt.disconnect(n)
 
 step("a new connection under v2")
 one_message({ auth = "alice" }, "alice@ourcorp.test", { "bob@may.test" }, function(c)

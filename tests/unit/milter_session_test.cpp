@@ -2,6 +2,8 @@
 // Mta that records replies, header edits and log lines.
 #include "catch.hpp"
 
+#include <fmt/format.h>
+
 #include <map>
 
 #include "milter/session.hpp"
@@ -254,4 +256,59 @@ TEST_CASE("inbound: MAIL FROM:<> only meets a \"<>\" sender entry, never \"*\"")
     INFO("from = " << c.from << ", MAIL FROM:" << c.sender);
     CHECK(s.mail(c.sender, mta) == c.want);
   }
+}
+
+TEST_CASE("inbound_stops: the stages at which some inbound rule can stop mail") {
+  struct Case {
+    const char* inbound;
+    bool mail, rcpt;
+  };
+  const Case cases[] = {
+      {"", false, false},
+      {R"({ from = [ "*@p.test" ]; })", true, false},
+      {R"({ clients = [ "192.0.2.0/24" ]; action = "tempfail"; })", true, false},
+      {R"({ to = [ "legal" ]; })", false, true},
+      {R"({ to = [ "legal" ]; action = "monitor"; })", false, false},
+      {R"({ from = [ "*@p.test" ]; to = [ "legal" ]; action = "monitor"; })", false, false},
+      {R"({ from = [ "*@p.test" ]; require = "none"; })", false, false},
+      {R"({ from = [ "*@p.test" ]; enabled = false; })", false, false},
+      {R"({ from = [ "*@p.test" ]; action = "monitor"; }, { to = [ "legal" ]; })", false, true},
+  };
+  for (auto& c : cases) {
+    auto r = testing::load_text(fmt::format("default = \"may\";\ninbound = ( {} );\n", c.inbound));
+    for (auto& e : r.errors) FAIL(c.inbound << ": " << e.text());
+    INFO(c.inbound);
+    CHECK(r.snapshot->inbound_stops.mail == c.mail);
+    CHECK(r.snapshot->inbound_stops.rcpt == c.rcpt);
+  }
+}
+
+TEST_CASE("a stop at a stage negotiated without a reply is held and applied at DATA") {
+  Fixture f;
+  // The connection was negotiated with no reply at MAIL and RCPT (the
+  // snapshot then had no such rule; this one has: a reload in between).
+  FakeMta mta;
+  Session s(f.holder);
+  s.set_replies(false, false);
+  s.connect(ip("198.51.100.1"), mta);
+  s.helo(mta);
+  CHECK(s.mail("<p@partner.test>", mta) == Verdict2::go_on);
+  CHECK(s.rcpt("<legal@ours.test>", mta) == Verdict2::go_on);
+  CHECK(mta.replies.empty());
+  CHECK(s.data(mta) == Verdict2::reject);
+  REQUIRE(mta.replies.size() == 1);
+  CHECK(mta.replies[0] == "554 5.7.0 encryption too weak 0 less than 112");  // the first stop wins
+  CHECK(s.data(mta) == Verdict2::go_on);
+  bool logged = false;
+  for (auto& l : mta.logs) logged |= l.find("applied at DATA") != std::string::npos;
+  CHECK(logged);
+  // A new transaction starts clean; replies at MAIL work as before.
+  s.abort();
+  CHECK(s.mail("<x@else.test>", mta) == Verdict2::go_on);
+  CHECK(s.data(mta) == Verdict2::go_on);
+  Session t(f.holder);
+  t.set_replies(true, false);
+  t.connect(ip("198.51.100.1"), mta);
+  CHECK(t.mail("<p@partner.test>", mta) == Verdict2::reject);
+  CHECK(t.data(mta) == Verdict2::go_on);
 }

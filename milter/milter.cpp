@@ -211,8 +211,14 @@ sfsistat on_negotiate(SMFICTX* ctx, unsigned long f0, unsigned long f1, unsigned
     // has no way from DATA to end of message for a message without headers,
     // drops that command unanswered, and the MTA waits
     // milter_content_timeout.
+    // HELO is skipped altogether (SMFIP_NOHELO, one packet less per
+    // connection): the TLS macros Postfix sends with it are still stored by
+    // libmilter, and the session reads them at MAIL, where smfi_getsymval
+    // finds the newest of the MAIL and HELO ones (MAIL's own when the MTA
+    // honoured our MAIL macro list, e.g. after STARTTLS with no new EHLO).
     auto snap = g_holder->load();
-    unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_CONN | SMFIP_NR_HELO;
+    unsigned long want = SMFIP_NOBODY | SMFIP_NOUNKNOWN | SMFIP_NOHELO | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_CONN |
+                         SMFIP_NR_HELO;
     if (snap && !snap->inbound_stops.mail) want |= SMFIP_NR_MAIL;
     if (snap && !snap->inbound_stops.rcpt) want |= SMFIP_NR_RCPT;
     *pf1 = f1 & want;

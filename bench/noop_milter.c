@@ -21,7 +21,9 @@
  *              protocol flags (masked by what the MTA offers) instead of
  *              skipping everything, with a do-nothing callback for every
  *              stage that replies, or not if SMFIP_NR_* says so. E.g.
- *              -p 0x190 (NOBODY|NR_HDR|NOUNKNOWN) is tlspolicyd's shape.
+ *              -p 0x4b192 (NOHELO|NOBODY|NR_HDR|NOUNKNOWN|NR_CONN|
+ *              NR_HELO|NR_RCPT|NR_EOH) is tlspolicyd's shape on the
+ *              benchmark's policy (a reply at MAIL, none at RCPT).
  *   CONN       libmilter syntax: inet:PORT@127.0.0.1 or unix:/path/sock
  *   COUNTFILE  if given, the number of messages seen so far is written to it
  *              at each end of message (one pwrite of a fixed-width number),

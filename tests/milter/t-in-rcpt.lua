@@ -5,6 +5,9 @@ dofile(lib)
 
 step("plain SMTP: bob ok, legal rejected, ceo rejected, carol ok, message passes")
 local c = connect({ ip = "198.51.100.40" })
+-- Only recipient rules: the milter asks for a reply at RCPT, none at MAIL.
+check(not mt.test_option(c, SMFIP_NR_RCPT), "SMFIP_NR_RCPT negotiated although recipient rules can reject")
+check(mt.test_option(c, SMFIP_NR_MAIL), "SMFIP_NR_MAIL not negotiated although no rule can stop mail at MAIL")
 helo(c, nil)
 check(mail(c, "someone@example.test") == SMFIR_CONTINUE, "MAIL rejected")
 check(rcpt(c, "bob@ourcorp.test") == SMFIR_CONTINUE, "bob rejected")

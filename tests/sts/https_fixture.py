@@ -60,9 +60,10 @@ def policy(mode, mx=(), max_age=86400, eol="\r\n"):
 
 
 class HttpsFixture:
-    """sites: {"enforce.test": Site(...)}; the host served is mta-sts.<domain>."""
+    """sites: {"enforce.test": Site(...)}; the host served is mta-sts.<domain>.
+    port 0 picks a free one; 443 only inside a network namespace of its own."""
 
-    def __init__(self, default_cert, sites):
+    def __init__(self, default_cert, sites, port=0, addr="127.0.0.1"):
         self.sites = dict(sites)
         self.hits = {}
         self.lock = threading.Lock()
@@ -140,7 +141,7 @@ class HttpsFixture:
                 return fixture._default.wrap_socket(sock, server_side=True,
                                                      do_handshake_on_connect=False), addr
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server((addr, port), Handler)
         self.port = self.server.server_address[1]
         self._default.sni_callback = self._pick
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -155,7 +155,10 @@ TEST_CASE("a truncated cache file is logged, moved aside and replaced") {
     Logged log;
     PolicyCache c(log.opts(path, 100000));
     for (int i = 0; i < 300; ++i) {
-      auto p = pol("d" + std::to_string(i) + ".example", "id", i);
+      std::string d = "d";  // appended, not "d" + ...: GCC 12 -O3's false -Wrestrict
+      d += std::to_string(i);
+      d += ".example";
+      auto p = pol(d, "id", i);
       p.text += std::string(200, '#');
       REQUIRE(c.put(p));
     }

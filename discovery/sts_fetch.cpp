@@ -138,6 +138,10 @@ bool Fetcher::fetch(const std::string& domain_in, Callback cb, std::string* erro
     it->second->waiters.push_back(std::move(cb));
     return true;
   }
+  if (transfers_.size() >= settings_.max_pending) {
+    if (error) *error = fmt::format("{} policy fetches under way already (max_pending)", transfers_.size());
+    return false;
+  }
   auto t = std::make_unique<Transfer>();
   t->domain = domain;
   t->url = policy_url(domain);

@@ -38,6 +38,10 @@ struct FetchSettings {
   long total_timeout_ms = 60000;  // RFC 8461 3.3 suggests one minute
   size_t max_size = 64 * 1024;
   long max_connections = 16;      // transfers beyond wait in libcurl's queue
+  // Distinct domains being fetched at once; beyond, fetch() refuses (the
+  // caller answers from what it has): a flood of new domains cannot grow
+  // memory without bound. Joining a fetch under way is always accepted.
+  size_t max_pending = 1024;
   // CURLOPT_CONNECT_TO entries, "mta-sts.a.test:443:127.0.0.1:4443" (tests).
   std::vector<std::string> connect_to;
   // An HTTPS proxy URL; empty means none, whatever https_proxy says.
@@ -80,7 +84,8 @@ class Fetcher {
 
   // Starts fetching https://mta-sts.<domain>/.well-known/mta-sts.txt, or
   // joins the fetch already under way. cb runs on the loop, never from
-  // inside fetch(). False with *error set when domain is not a host name.
+  // inside fetch(). False with *error set when domain is not a host name or
+  // max_pending fetches are under way.
   bool fetch(const std::string& domain, Callback cb, std::string* error = nullptr);
 
   // The event loop's calls.

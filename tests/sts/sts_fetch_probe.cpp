@@ -116,6 +116,7 @@ int main(int argc, char** argv) {
     else if (a == "--connect-timeout-ms") st.connect_timeout_ms = std::stol(next());
     else if (a == "--max-size") st.max_size = std::stoul(next());
     else if (a == "--loop") loop = next();
+    else if (a == "--max-pending") st.max_pending = std::stoul(next());
     else domains.push_back(a);
   }
   EpollLoop ep;

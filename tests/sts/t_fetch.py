@@ -122,6 +122,17 @@ with tempfile.TemporaryDirectory(prefix="tlspolicy-sts-") as d:
         check("bad domain names are refused before any request",
               r.stdout.count("\trefused\t") == 4 and "started=0" in r.stdout, r.stdout + r.stderr)
 
+        # A bound on distinct fetches at once; joining one under way is not refused.
+        args = [probe, "--ca", pki.ca, "--max-pending", "2"]
+        for x in ("enforce.test", "testing.test", "none.test"):
+            args += ["--connect-to", "mta-sts.%s:443:127.0.0.1:%d" % (x, fx.port)]
+        r = subprocess.run(args + ["enforce.test", "testing.test", "enforce.test", "none.test"],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        check("max_pending: the third distinct domain is refused, a repeat joins",
+              "none.test\trefused\t0\t2 policy fetches under way already" in r.stdout
+              and r.stdout.count("enforce.test\tok\t") == 2 and "testing.test\tok\t" in r.stdout
+              and "started=2" in r.stdout, r.stdout + r.stderr)
+
     # The fixture is gone: connection refused, a clear failure, no hang.
     r = subprocess.run([probe, "--ca", pki.ca, "--connect-to", "mta-sts.enforce.test:443:127.0.0.1:%d" % fx.port,
                         "enforce.test"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)

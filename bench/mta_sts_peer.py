@@ -1,0 +1,216 @@
+#!/usr/bin/python3
+"""MTA-STS cache-hit benchmark against Debian's postfix-mta-sts-resolver
+(mta-sts-daemon 1.1.2), same load client (bench/socketmap_load), same keys,
+same run, next to bench/const_responder (the IPC ceiling of this machine).
+
+Runs inside a private mount and network namespace (bench/mta_sts_peer.sh
+enters them): the peer has no resolver setting and no CA setting, so it gets
+a private /etc/resolv.conf (bind-mounted) naming the DNS fixture
+(tests/dns/fixture.py --resolver53), SSL_CERT_FILE naming the test CA, and an
+HTTPS fixture (tests/sts/https_fixture.py) on 127.0.0.1:443 of the private
+loopback. Every domain d<i>.plain.test has "_mta-sts TXT v=STSv1; id=1" and
+an enforce policy; each peer is warmed with one lookup per domain (checked to
+be the enforce answer) before it is measured, so the runs measure cache hits.
+
+Peers: "peer-internal" (cache type internal, in memory) and "peer-sqlite"
+(the cache type Debian's /etc/mta-sts-daemon.yml ships: sqlite, in a temp
+file). tlspolicyd's MTA-STS is not wired into the daemon yet: its row is
+missing until it is (see the report printed at the end).
+
+Usage (as root, from bench/mta_sts_peer.sh): mta_sts_peer.py BUILD_DIR
+Environment: DOMAINS (100), SECONDS_PER_RUN (3), ROUNDS (3), CONNS ("1 32"),
+DNS_FIXTURE_PY (tests/dns/fixture.py).
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+here = os.path.dirname(os.path.abspath(__file__))
+root = os.path.dirname(here)
+sys.path.insert(0, os.path.join(root, "tests", "sts"))
+from https_fixture import HttpsFixture, Pki, Site, policy  # noqa: E402
+
+build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "build"))
+ndom = int(os.environ.get("DOMAINS", "100"))
+secs = os.environ.get("SECONDS_PER_RUN", "3")
+rounds = int(os.environ.get("ROUNDS", "3"))
+conns = os.environ.get("CONNS", "1 32").split()
+fixture_py = os.environ.get("DNS_FIXTURE_PY", os.path.join(root, "tests", "dns", "fixture.py"))
+
+procs = []  # (name, Popen) we started; stopped by PID at the end
+
+
+def die(msg):
+    print("mta_sts_peer: " + msg, file=sys.stderr)
+    stop_all()
+    sys.exit(1)
+
+
+def stop_all():
+    for name, p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def netstring(s):
+    b = s.encode()
+    return b"%d:%s," % (len(b), b)
+
+
+def query(port, key, timeout=30):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(netstring("postfix " + key))
+        buf = b""
+        while True:
+            m = re.match(rb"(\d+):", buf)
+            if m and len(buf) >= m.end() + int(m.group(1)) + 1:
+                return buf[m.end():m.end() + int(m.group(1))].decode()
+            chunk = s.recv(65536)
+            if not chunk:
+                return "(closed) " + buf.decode(errors="replace")
+            buf += chunk
+
+
+def wait_port(port, proc, what, limit=30):
+    end = time.time() + limit
+    while time.time() < end:
+        if proc.poll() is not None:
+            die("%s exited (%s)" % (what, proc.returncode))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    die("%s: port %d not open after %d s" % (what, port, limit))
+
+
+for tool in ("mta-sts-daemon", "unbound", "openssl"):
+    if not shutil.which(tool):
+        die("%s not found (Debian packages postfix-mta-sts-resolver, unbound, openssl)" % tool)
+for b in ("socketmap_load", "const_responder"):
+    if not os.access(os.path.join(build, b), os.X_OK):
+        die("%s/%s missing: build first" % (build, b))
+if not os.path.exists(fixture_py):
+    die("DNS fixture %s missing (tests/dns/ from the fixture branch)" % fixture_py)
+
+tmp = tempfile.mkdtemp(prefix="tlspolicy-stsbench-")
+try:
+    domains = ["d%d.plain.test" % i for i in range(ndom)]
+    # DNS: the TXT record and mta-sts.<d> -> 127.0.0.1 for every domain.
+    records = []
+    for d in domains:
+        records += ["--record", '_mta-sts.%s. 300 TXT "v=STSv1; id=1"' % d,
+                    "--record", "mta-sts.%s. 300 A 127.0.0.1" % d]
+    dns_dir = os.path.join(tmp, "dns")
+    dns = subprocess.Popen(["/usr/bin/python3", fixture_py, "--dir", dns_dir, "--resolver53"] + records,
+                           stdin=subprocess.DEVNULL, stdout=open(dns_dir + ".log", "w"), stderr=subprocess.STDOUT)
+    procs.append(("dns fixture", dns))
+    env_file = os.path.join(dns_dir, "fixture.env")
+    end = time.time() + 120
+    while not (os.path.exists(env_file) and os.path.getsize(env_file) > 0):
+        if dns.poll() is not None or time.time() > end:
+            die("DNS fixture did not start; see %s.log" % dns_dir)
+        time.sleep(0.2)
+    fx_env = dict(l.split("=", 1) for l in open(env_file).read().split("\n") if "=" in l)
+    resolver = fx_env.get("DNS_RESOLVER", "").strip("'\"")
+    if not resolver:
+        die("the DNS fixture gave no DNS_RESOLVER (needs --resolver53)")
+    # A private resolv.conf: this process is in its own mount namespace.
+    rc = os.path.join(tmp, "resolv.conf")
+    with open(rc, "w") as f:
+        f.write("nameserver %s\n" % resolver)
+    subprocess.run(["mount", "--bind", rc, os.path.realpath("/etc/resolv.conf")], check=True)
+
+    # HTTPS on 443 of the private loopback, a certificate naming every host.
+    pki_dir = os.path.join(tmp, "pki")
+    os.makedirs(pki_dir)
+    pki = Pki(pki_dir)
+    cert = pki.issue("sts", ["mta-sts." + d for d in domains])
+    body = {d: policy("enforce", ["mx.%s" % d, "*.mx.%s" % d], max_age=86400) for d in domains}
+    https = HttpsFixture(cert, {d: Site(body=body[d]) for d in domains}, port=443)
+    https.__enter__()
+
+    peer_env = dict(os.environ, SSL_CERT_FILE=pki.ca)
+    for k in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        peer_env.pop(k, None)
+    servers = {}
+    p = free_port()
+    cp = subprocess.Popen([os.path.join(build, "const_responder"), str(p)], stdin=subprocess.DEVNULL)
+    procs.append(("const_responder", cp))
+    wait_port(p, cp, "const_responder")
+    servers["const"] = p
+    for name, cache in (("peer-internal", "  type: internal\n  options:\n    cache_size: 10000\n"),
+                        ("peer-sqlite", "  type: sqlite\n  options:\n    filename: \"%s\"\n"
+                         % os.path.join(tmp, "peer-cache.db"))):
+        port = free_port()
+        conf = os.path.join(tmp, name + ".yml")
+        # reuse_port stays true: 1.1.2 fails to start with false (responder.py
+        # builds its listen options only in the reuse_port branch).
+        with open(conf, "w") as f:
+            f.write("host: 127.0.0.1\nport: %d\nreuse_port: true\nshutdown_timeout: 2\ncache:\n%s"
+                    "default_zone:\n  strict_testing: false\n  timeout: 4\n" % (port, cache))
+        pr = subprocess.Popen(["mta-sts-daemon", "-c", conf, "-v", "warn", "-l", os.path.join(tmp, name + ".log")],
+                              env=peer_env, stdin=subprocess.DEVNULL)
+        procs.append((name, pr))
+        wait_port(port, pr, name)
+        servers[name] = port
+        # Warm the cache and check the answers: a bench of wrong answers is worthless.
+        bad = []
+        for d in domains:
+            got = query(port, d)
+            want = "OK secure match="
+            if not got.startswith(want) or "mx.%s" % d not in got:
+                bad.append((d, got))
+        if bad:
+            die("%s: %d of %d warm-up answers are not the enforce policy, e.g. %r (log %s)"
+                % (name, len(bad), len(domains), bad[0], os.path.join(tmp, name + ".log")))
+        print("%s: %d domains warmed, e.g. %s -> %s" % (name, len(domains), domains[0], query(port, domains[0])))
+
+    keys = os.path.join(tmp, "keys")
+    with open(keys, "w") as f:
+        f.write("\n".join(domains) + "\n")
+    print("\n%-5s %-14s %10s %9s %9s %7s   (best of %d interleaved rounds of %s s, %d keys, all cache hits)"
+          % ("conns", "server", "req/s", "p50_us", "p99_us", "failed", rounds, secs, len(domains)))
+    for c in conns:
+        best = {}
+        for _ in range(rounds):
+            for name, port in servers.items():
+                out = subprocess.run([os.path.join(build, "socketmap_load"), str(port), "postfix", keys, c, secs],
+                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                last = (out.stdout.strip().splitlines() or [""])[-1]
+                m = re.search(r"req/s=([\d.]+)", last)
+                rps = float(m.group(1)) if m else 0.0
+                if name not in best or rps > best[name][0]:
+                    best[name] = (rps, last)
+        for name in servers:
+            rps, last = best[name]
+            f = dict(re.findall(r"(\w+)=([\d.]+)", last))
+            print("%-5s %-14s %10.0f %9s %9s %7s" % (c, name, rps, f.get("p50", "?"), f.get("p99", "?"),
+                                                     f.get("failed", "?")))
+    print("\ntlspolicyd: no row yet (MTA-STS is not wired into the daemon on this branch)")
+finally:
+    try:
+        https.__exit__(None, None, None)
+    except NameError:
+        pass
+    stop_all()
+    shutil.rmtree(tmp, ignore_errors=True)

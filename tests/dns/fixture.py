@@ -63,7 +63,10 @@ CIDR 127.0.2.0/24, an address outside it):
   bulk.test       with --bulk N: d0 .. d<N-1> MX 10 mx.bulk.test; mx A open
 
 --record 'OWNER. TTL TYPE DATA' (repeatable) adds a record to the zone that
-owns OWNER (absolute name), before signing. --tlsa-cert PEM chooses the
+owns OWNER (absolute name), before signing. --tlsa-port P (repeatable)
+puts every TLSA record at _P._tcp.HOST instead of _25._tcp.HOST: Postfix
+looks TLSA up at the port it connects to, so an e2e test whose sinks listen
+on port P wants --tlsa-port 25 --tlsa-port P. --tlsa-cert PEM chooses the
 certificate whose key the good TLSA records match (default: a fresh
 self-signed cert written to DIR/tls/cert.pem and key.pem).
 
@@ -147,8 +150,9 @@ def make_cert(d):
 
 # ------------------------------------------------------------------- zones --
 
-def zone_records(a, good, bad, bulk):
-    """The zones' records (relative to their origin), SOA and NS excluded."""
+def zone_records(a, good, bad, bulk, ports):
+    """The zones' records (relative to their origin), SOA and NS excluded.
+    TLSA lines are written "_25._tcp.HOST TLSA ..." and repeated per port."""
     tls, enc, opn = a["tls"], a["enc"], a["open"]
     z = {}
     z["dnssec.test"] = [
@@ -181,6 +185,14 @@ def zone_records(a, good, bad, bulk):
     ]
     if bulk:
         z["bulk.test"] = ["mx A " + opn] + ["d%d MX 10 mx" % i for i in range(bulk)]
+    for zone, recs in z.items():
+        out = []
+        for r in recs:
+            if r.startswith("_25._tcp.") and " TLSA " in r:
+                out += ["_%d._tcp.%s" % (p, r[len("_25._tcp."):]) for p in ports]
+            else:
+                out.append(r)
+        z[zone] = out
     return z
 
 
@@ -479,6 +491,8 @@ def main():
     ap.add_argument("--addr", action="append", default=[], metavar="NAME=IP",
                     help="tls=, enc=, open= addresses of the MX hosts")
     ap.add_argument("--tlsa-cert", help="PEM certificate the good TLSA records match")
+    ap.add_argument("--tlsa-port", type=int, action="append", metavar="PORT",
+                    help="TLSA records at _PORT._tcp (repeatable; default 25 only)")
     ap.add_argument("--record", action="append", default=[], metavar="'OWNER. TTL TYPE DATA'")
     ap.add_argument("--slow-ms", type=int, default=400)
     ap.add_argument("--bulk", type=int, default=0, help="bulk.test names d0..d<N-1>")
@@ -504,7 +518,7 @@ def main():
     good = spki_sha256(cert)
     bad = hashlib.sha256(b"not the key of " + good.encode()).hexdigest()
 
-    zones = zone_records(addrs, good, bad, args.bulk)
+    zones = zone_records(addrs, good, bad, args.bulk, args.tlsa_port or [25])
     extra = {z: [] for z in zones}
     for rec in args.record:
         owner = rec.split()[0] if rec.split() else ""

@@ -177,7 +177,7 @@ def main():
         p, fx = start(d, "--resolver53", "--slow-ms", "300",
                       "--record", "extra.dnssec.test. 300 MX 10 mx.dane.dnssec.test.",
                       "--record", "extra.plain.test. 300 A 127.0.0.77",
-                      "--addr", "enc=127.0.2.30")
+                      "--addr", "enc=127.0.2.30", "--tlsa-port", "25", "--tlsa-port", "2525")
         procs.append(p)
         ok("fixture started: unbound pid %s on %s, resolver %s"
            % (fx["DNS_UNBOUND_PID"], fx["DNS_FORWARDER"], fx["DNS_RESOLVER"]))
@@ -192,6 +192,9 @@ def main():
             ("mx.dane.dnssec.test", "AAAA", "NOERROR", True, ["2001:db8::2"]),
             ("_25._tcp.mx.dane.dnssec.test", "TLSA", "NOERROR", True, ["3 1 1 " + good]),
             ("_25._tcp.mx.badtlsa.dnssec.test", "TLSA", "NOERROR", True, ["3 1 1 " + bad]),
+            ("_2525._tcp.mx.dane.dnssec.test", "TLSA", "NOERROR", True, ["3 1 1 " + good]),
+            ("_2525._tcp.mx.badtlsa.dnssec.test", "TLSA", "NOERROR", True, ["3 1 1 " + bad]),
+            ("_587._tcp.mx.dane.dnssec.test", "TLSA", "NXDOMAIN", True, []),
             ("partial.dnssec.test", "MX", "NOERROR", True,
              ["10 mx1.partial.dnssec.test.", "20 mx2.partial.dnssec.test."]),
             ("_25._tcp.mx1.partial.dnssec.test", "TLSA", "NOERROR", True, ["3 1 1 " + good]),

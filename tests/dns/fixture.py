@@ -79,7 +79,11 @@ fixture.env (sourceable by sh) and fixture.json hold:
   DNS_ADDR_ENC DNS_ADDR_OPEN, DNS_SLOW_MS, DNS_MINI_PORT, DNS_UNBOUND_PID,
   DNS_FIXTURE_PID, DNS_DIR.
 
-From shell, tests/dns/fixture.sh wraps this (dns_fixture_start/stop).
+--log-queries makes unbound log each query it receives ("info: 127.0.0.1
+NAME. MX IN"), to count what a client really asked.
+
+From shell, tests/dns/fixture.sh wraps this (dns_fixture_start/stop); from
+Python, fixture.spawn(dir, *args) (see t_fixture.py).
 """
 
 import argparse
@@ -401,10 +405,11 @@ def resolver_addr():
     die("no 127.53.x.y address with a free port 53 (is something bound to 0.0.0.0:53?)")
 
 
-def unbound_conf(d, port, r53, mini_port, zones):
+def unbound_conf(d, port, r53, mini_port, zones, log_queries=False):
     lines = [
         "server:",
         "  verbosity: 1",
+        "  log-queries: %s" % ("yes" if log_queries else "no"),
         "  interface: 127.0.0.1@%d" % port,
     ]
     if r53:
@@ -481,6 +486,27 @@ def ready(port, timeout):
     return False
 
 
+def spawn(d, *args, timeout=60):
+    """For Python tests: starts this fixture with --dir D and ARGS as a child
+    process, waits until it is ready and returns (Popen, dict of the DNS_*
+    values). Raises RuntimeError with the fixture's output if it fails. Stop
+    it with p.send_signal(SIGTERM); p.wait()."""
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--dir", d, *args],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    env = os.path.join(d, "fixture.json")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not os.path.exists(env) and p.poll() is None:
+        time.sleep(0.05)
+    if not os.path.exists(env):
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        raise RuntimeError("dns fixture did not start: " + p.stdout.read())
+    with open(env) as f:
+        return p, json.load(f)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -498,6 +524,8 @@ def main():
     ap.add_argument("--slow-ms", type=int, default=400)
     ap.add_argument("--bulk", type=int, default=0, help="bulk.test names d0..d<N-1>")
     ap.add_argument("--ready-timeout", type=float, default=20)
+    ap.add_argument("--log-queries", action="store_true",
+                    help="unbound logs every query it gets (count them in DIR/unbound.log)")
     args = ap.parse_args()
 
     d = os.path.abspath(args.dir)
@@ -557,7 +585,7 @@ def main():
     for attempt in range(5):
         port = args.port or free_port("127.0.0.1")
         with open(conf, "w") as f:
-            f.write(unbound_conf(d, port, r53, mini_port, files))
+            f.write(unbound_conf(d, port, r53, mini_port, files, args.log_queries))
         run(["unbound-checkconf", conf])
         proc = subprocess.Popen(["unbound", "-d", "-c", conf], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, preexec_fn=set_pdeathsig)

@@ -29,8 +29,10 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fixture  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "fixture.py")
 FAILS = 0
 
 
@@ -52,23 +54,12 @@ def check(desc, cond, got=None):
 
 
 def start(d, *args):
-    p = subprocess.Popen([sys.executable, FIXTURE, "--dir", d, *args],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    env = os.path.join(d, "fixture.json")
-    end = time.monotonic() + 60
-    while time.monotonic() < end and not os.path.exists(env) and p.poll() is None:
-        time.sleep(0.05)
-    if not os.path.exists(env):
-        out = p.stdout.read() if p.poll() is not None else "(still running)"
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        print(out)
+    try:
+        return fixture.spawn(d, *args)
+    except RuntimeError as e:
+        print(e)
         fail("fixture started")
         sys.exit(1)
-    with open(env) as f:
-        return p, json.load(f)
 
 
 def alive(pid):

@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 
 #include "policy/names.hpp"
+#include "policy/stats.hpp"
 
 namespace tlspolicy {
 
@@ -116,6 +118,7 @@ Discoverer::Facts Discoverer::discover(const std::string& destination, Done done
   ++counts_.started;
   j->waiters.push_back(std::move(done));
   jobs_.emplace(destination, j);
+  stats().discovery_in_flight.fetch_add(1, std::memory_order_relaxed);
   bool first = deadlines_.empty();
   deadlines_.emplace_back(Clock::now() + std::chrono::milliseconds(settings().deadline_ms), j);
   if (first) arm_timer();
@@ -260,7 +263,10 @@ void Discoverer::complete(const std::shared_ptr<Job>& j, const std::string& fail
     }
   }
   auto it = jobs_.find(j->dest);
-  if (it != jobs_.end() && it->second == j) jobs_.erase(it);
+  if (it != jobs_.end() && it->second == j) {
+    jobs_.erase(it);
+    stats().discovery_in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
   auto waiters = std::move(j->waiters);
   Facts facts = j->facts;
   for (auto& w : waiters) w(facts);
@@ -294,9 +300,26 @@ void Discoverer::process() {
         break;
       }
     ++counts_.timeouts;
+    stats().discovery_timeouts.add();
     complete(j, fmt::format("DNS timeout after {} ms{}", settings().deadline_ms, waiting));
   }
   arm_timer();
+}
+
+bool same_resolver_settings(const DiscoverySettings& a, const DiscoverySettings& b) {
+  auto tie = [](const DiscoverySettings& s) {
+    return std::tie(s.forwarders, s.trust_anchor_file, s.trust_forwarder_ad, s.query_timeout_ms, s.deadline_ms,
+                    s.max_outstanding, s.cache_entries, s.negative_ttl_max, s.failure_ttl, s.dane);
+  };
+  return tie(a) == tie(b);
+}
+
+Discoverer::Facts failed_facts(const std::string& destination, const std::string& why) {
+  auto f = std::make_shared<DestinationFacts>();
+  f->destination = destination;
+  f->failed = true;
+  f->error = why;
+  return f;
 }
 
 Discoverer::Facts discover_wait(Discoverer& d, const std::string& destination) {

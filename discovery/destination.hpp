@@ -78,6 +78,12 @@ class Discoverer {
   Counts counts_;
 };
 
+// Whether two settings make the same Discoverer (a reload that changes
+// none of these keeps the running one, and its cache).
+bool same_resolver_settings(const DiscoverySettings& a, const DiscoverySettings& b);
+// Facts that say only "failed: why" (no resolver, for instance).
+Discoverer::Facts failed_facts(const std::string& destination, const std::string& why);
+
 // discover() driven by a loop of its own (poll on fd()) until the facts
 // come: for `tlspolicy query` and the tests. The deadline bounds the wait.
 Discoverer::Facts discover_wait(Discoverer& d, const std::string& destination);

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "policy/stats.hpp"
+
 namespace tlspolicy {
 
 std::string_view rr_type_name(RrType t) {
@@ -230,6 +232,7 @@ Resolver::Answer Resolver::cached(const std::string& name, RrType type) {
 bool Resolver::resolve(const std::string& name, RrType type, Callback cb) {
   if (Answer a = cached(name, type)) {
     ++counts_.cache_hits;
+    stats().dns_cache_hits.add();
     cb(a);
     return true;
   }
@@ -247,6 +250,7 @@ bool Resolver::resolve(const std::string& name, RrType type, Callback cb) {
   p->deadline = Clock::now() + std::chrono::milliseconds(settings_.query_timeout_ms);
   p->waiters.push_back(std::move(cb));
   ++counts_.queries;
+  stats().dns_queries.add();
   int err = ub_resolve_async(ctx_, name.c_str(), int(type), 1 /* IN */, p.get(), &Resolver::on_result, &p->async_id);
   if (err) {
     auto a = std::make_shared<DnsRecordSet>();
@@ -254,6 +258,7 @@ bool Resolver::resolve(const std::string& name, RrType type, Callback cb) {
     a->type = rr_type_name(type);
     a->error = fmt::format("libunbound: {}", ub_strerror(err));
     ++counts_.failures;
+    stats().dns_failures.add();
     p->waiters.front()(a);  // nothing cached: a setup error is not the name's fault
     return true;
   }
@@ -318,7 +323,10 @@ void Resolver::finish(const std::string& key_in, Answer a, Clock::duration keep)
     waiters = std::move(it->second->waiters);
     pending_.erase(it);
   }
-  if (a->status == DnsStatus::failed) ++counts_.failures;
+  if (a->status == DnsStatus::failed) {
+    ++counts_.failures;
+    stats().dns_failures.add();
+  }
   if (keep > Clock::duration::zero() && settings_.cache_entries > 0) {
     auto [e, fresh] = cache_.try_emplace(key);
     if (fresh) {

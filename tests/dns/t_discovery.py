@@ -211,11 +211,12 @@ def main():
         t0 = time.monotonic()
         got = ask(pa, "1700ms.slow.test")
         took = time.monotonic() - t0
-        expect("A 1700ms.slow.test (slower than query_timeout 500 / deadline 1000)", got, temp)
-        if took < 2.5:
-            ok("A 1700ms.slow.test answered within the deadline's reach (%.2f s)" % took)
+        if re.fullmatch(temp, got) and took < 2.5:
+            ok("A 1700ms.slow.test (slower than query_timeout 500 / deadline 1000): %r after %.2f s"
+               % (got, took))
         else:
-            fail("A 1700ms.slow.test took %.2f s: the 1000 ms deadline was not kept" % took)
+            fail("A 1700ms.slow.test: %r after %.2f s, want TEMP within the 1 s deadline (+1.5 s slack)"
+                 % (got, took))
 
         for key, want, why in [
             ("x.servfail.test", may, "SERVFAIL, rule on_dns_failure = ignore"),

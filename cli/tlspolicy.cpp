@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "discovery/destination.hpp"
 #include "policy/config.hpp"
 #include "policy/level.hpp"
 #include "policy/maps.hpp"
@@ -35,7 +36,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tlspolicy check [-c FILE] [-v] [--postconf-dir DIR]\n"
-    "       tlspolicy query [-c FILE] [-m MAP] [--explain] KEY...\n"
+    "       tlspolicy query [-c FILE] [-m MAP] [--explain] [--no-dns] KEY...\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "       tlspolicy query --daemon [-c FILE | --socket PATH] [-m MAP] [--explain] KEY...\n"
     "       tlspolicy query [-c FILE] -m effective ADDRESS...   (transport, next-hop policy, header)\n"
@@ -413,7 +414,7 @@ int main(int argc, char** argv) {
   bool explain = false, verbose = false;
   std::string postconf_dir;
   unsigned threads = 0;
-  bool daemon = false, force = false, effective = false;
+  bool daemon = false, force = false, effective = false, no_dns = false;
   std::string socket;
   std::vector<std::string> keys;
   for (int i = 2; i < argc; ++i) {
@@ -445,6 +446,8 @@ int main(int argc, char** argv) {
       auto m = parse_map_name(argv[++i]);
       if (!m) return usage(fmt::format("unknown map \"{}\" (maps: {})", argv[i], kMapNames).c_str());
       map = *m;
+    } else if (a == "--no-dns" && cmd == "query") {
+      no_dns = true;
     } else if (a == "-x" || a == "--explain") {
       explain = true;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -517,11 +520,26 @@ int main(int argc, char** argv) {
   }
   if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);
   bool any = false;
+  // The daemon's discovery (discovery/), driven by a loop of its own: the
+  // same DNS questions, cache and facts, the same query(..., facts).
+  // --no-dns: the static policy alone.
+  std::unique_ptr<Discoverer> discoverer;
   for (auto& k : keys) {
-    Answer a = query(*snap, map, k, explain);
+    std::shared_ptr<const DestinationFacts> facts;
+    if (!no_dns && snap->needs_dns) {
+      if (std::string target = discovery_target(*snap, map, k); !target.empty()) {
+        std::string err;
+        if (!discoverer) discoverer = Discoverer::create(snap->settings.discovery, &err);
+        facts = discoverer ? discover_wait(*discoverer, target)
+                           : failed_facts(target, "DNS resolver not available: " + err);
+      }
+    }
+    Answer a = facts ? query(*snap, map, k, explain, facts.get()) : query(*snap, map, k, explain);
     any |= a.found;
     if (explain)
       fmt::print("{}", explain_text(*snap, map, k, a));
+    else if (a.temp)
+      fmt::print("{}TEMP {}\n", keys.size() == 1 ? "" : k + "\t", a.value);
     else if (a.found && keys.size() == 1)
       fmt::print("{}\n", a.value);
     else if (a.found)

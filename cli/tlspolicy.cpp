@@ -278,6 +278,55 @@ void compare_with_postfix(const Snapshot& s, const std::string& postconf_dir, bo
                    value.empty() ? "(empty: none)" : value, maincf));
 }
 
+// The discovery block: which rules are MX-aware (stdout), and whether
+// Postfix can act on DANE answers (a warning when smtp_dns_support_level is
+// not dnssec: Postfix then treats dane as may and dane-only as a failure).
+void check_discovery(const Snapshot& s, const std::string& postconf_dir, bool verbose) {
+  const auto& d = s.settings.discovery;
+  if (!d.configured) return;
+  for (uint32_t i = 0; i < s.rules.size(); ++i) {
+    const Rule& r = s.rules[i];
+    if (!r.mx_aware || !r.enabled) continue;
+    size_t mx = 0, ip = 0;
+    for (uint32_t e = 0; e < s.entries.size(); ++e) {
+      if (s.entries[e].rule != i) continue;
+      auto t = s.text(e);
+      bool is_mx = t.size() >= 3 && (t[0] == 'm' || t[0] == 'M') && (t[1] == 'x' || t[1] == 'X') && t[2] == ':';
+      std::string err;
+      auto parsed = is_mx ? std::nullopt : parse_entry(t, Dimension::destination, true, &err);
+      mx += is_mx;
+      ip += parsed && parsed->kind == EntryKind::cidr;
+    }
+    fmt::print("MX-aware rule \"{}\" at {} ({}): {} IP/CIDR entr{} matched against MX hosts' addresses, {} mx: "
+               "entr{} against their names; DNS failure: {}\n",
+               r.name, s.where(r), r.policy.value(), ip, ip == 1 ? "y" : "ies", mx, mx == 1 ? "y" : "ies",
+               r.dns_failure_defers ? "defer (TEMP)" : "ignore");
+  }
+  if (verbose && s.needs_dns)
+    fmt::print("note: discovery asks {}\n",
+               d.forwarders.empty() ? std::string("the root servers itself (full recursion: tlspolicyd needs DNS "
+                                                  "out to the Internet)")
+                                    : fmt::format("{}", fmt::join(d.forwarders, ", ")));
+  if (d.dane == DaneMode::off) return;
+  std::string why;
+  auto got = postconf(postconf_dir, {"config_directory", "smtp_dns_support_level"}, &why);
+  if (!got) {
+    if (verbose) fmt::print("note: dane = \"{}\" not compared with Postfix's smtp_dns_support_level: {}\n",
+                            dane_mode_name(d.dane), why);
+    return;
+  }
+  if ((*got)[1] != "dnssec")
+    fmt::print(stderr,
+               "{}: warning: dane = \"{}\", but Postfix's smtp_dns_support_level = {} ({}/main.cf): Postfix "
+               "validates the TLSA records itself and needs smtp_dns_support_level = dnssec and a validating "
+               "resolver in /etc/resolv.conf; without them a \"dane\" answer is plain opportunistic TLS and "
+               "\"dane-only\" defers the mail\n",
+               printable(s.files[0]), dane_mode_name(d.dane), (*got)[1].empty() ? "(empty)" : (*got)[1],
+               (*got)[0]);
+  else if (verbose)
+    fmt::print("note: dane = \"{}\" and Postfix's smtp_dns_support_level = dnssec\n", dane_mode_name(d.dane));
+}
+
 // Answers the keys in data (whole lines) into out; returns whether any was found.
 bool answer_lines(const Snapshot& s, MapName map, std::string_view data, std::string& out) {
   bool any = false;
@@ -461,6 +510,7 @@ int main(int argc, char** argv) {
     auto snap = load(config, true);
     if (!snap) return 1;
     compare_with_postfix(*snap, postconf_dir, verbose);
+    check_discovery(*snap, postconf_dir, verbose);
     return 0;
   }
   if (cmd == "postfix-config") {

@@ -125,7 +125,7 @@ void drop_privileges(const DaemonSettings& d) {
 }
 
 // Whether this policy needs DNS at all: a static policy never sends a query.
-bool needs_dns(const Snapshot& s) { return s.settings.discovery.dane != DaneMode::off; }
+bool needs_dns(const Snapshot& s) { return s.needs_dns; }
 
 // The daemon's discovery: a Discoverer (discovery/) made from the snapshot's
 // settings, its descriptor on the event loop, and the server's view of it.

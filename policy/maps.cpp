@@ -852,6 +852,11 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
       d.temp = o.kind == Outcome::temp;
       d.value = o.value;
       d.rule = o.kind == Outcome::by_rule ? o.rule : kNone;
+      d.via = o.kind == Outcome::temp   ? o.value
+              : o.kind == Outcome::dane ? o.dane_note
+              : o.steps.empty()         ? std::string()
+                                        : fmt::format("{} at {}", o.steps.front().via,
+                                                      s.where_entry(o.steps.front().entry));
       if (explain) {
         d.trail = std::move(o.steps);
         for (auto& st : a.trail) d.trail.push_back(st);  // the default, lost to discovery

@@ -50,6 +50,12 @@ struct Answer {
   // status, TTL), the DANE assessment, and what discovery alone would have
   // answered where a rule for the name overrides it.
   std::vector<std::string> discovery;
+  // Set whenever discovery decided (TEMP, an MX-aware rule, DANE), explain
+  // or not: one line for the daemon's log, e.g. "MX mx1.partner.example
+  // [207.219.44.9] in 207.219.44.0/24 at force-encrypt.list:3", "DANE: the
+  // MX set is secure; 2 of 2 hosts with usable TLSA (...): dane-only", or the
+  // TEMP reason. Empty when the static policy answered.
+  std::string via;
 };
 
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain = false);

@@ -211,6 +211,8 @@ TEST_CASE("MX-aware rules and DANE: query() with discovered facts") {
                 << (c.temp ? "TEMP ..." : c.want) << "\nexplain:\n"
                 << text);
     CHECK(a.temp == c.temp);
+    // A TEMP or DANE answer carries its one-line reason for the log.
+    if (a.temp || a.value.starts_with("dane")) CHECK_FALSE(a.via.empty());
     if (!c.temp) CHECK(got == c.want);
     if (c.temp) CHECK(a.found);
     // Explaining never changes the answer.
@@ -222,6 +224,22 @@ TEST_CASE("MX-aware rules and DANE: query() with discovered facts") {
       CHECK(text.find(w) != std::string::npos);
     }
   }
+}
+
+TEST_CASE("Answer::via: the one line the daemon logs for an answer discovery decided") {
+  auto snap = load("");
+  auto f = mx("partner.example", {host("mx1.partner.example", {"207.219.44.9"})});
+  Answer a = query(*snap, MapName::tls_policy, "partner.example", false, &f);
+  INFO(a.via);
+  CHECK(a.via.starts_with("MX mx1.partner.example [207.219.44.9] in 207.219.44.0/24 at "));
+  CHECK(a.via.ends_with("force.list:1"));
+  auto down = failed("partner.example", "timeout");
+  Answer t = query(*snap, MapName::tls_policy, "partner.example", false, &down);
+  CHECK(t.temp);
+  CHECK(t.via == t.value);
+  CHECK(t.via.find("(timeout)") != std::string::npos);
+  auto none = mx("elsewhere.example", {host("mx.elsewhere.example", {"192.0.2.1"})});
+  CHECK(query(*snap, MapName::tls_policy, "elsewhere.example", false, &none).via.empty());
 }
 
 TEST_CASE("discovery_target: which keys need DNS facts") {

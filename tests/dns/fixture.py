@@ -61,7 +61,7 @@ CIDR 127.0.2.0/24, an address outside it):
                   gives up on an upstream after that (discard-timeout is 0
                   here, so the client then gets SERVFAIL, not silence).
   bulk.test       with --bulk N: d0 .. d<N-1> MX 10 mx.bulk.test; mx A open
-                  (TTL 86400; the other zones have 300)
+                  (TTL and negative TTL 86400; the other zones have 300)
 
 --record 'OWNER. TTL TYPE DATA' (repeatable) adds a record to the zone that
 owns OWNER (absolute name), before signing. --tlsa-port P (repeatable)
@@ -204,7 +204,7 @@ def zone_records(a, good, bad, bulk, ports):
 def write_zone(path, origin, records, extra, ttl=300):
     with open(path, "w") as f:
         f.write("$ORIGIN %s.\n$TTL %d\n" % (origin, ttl))
-        f.write("@ SOA ns.%s. hostmaster.%s. 1 3600 600 86400 300\n" % (origin, origin))
+        f.write("@ SOA ns.%s. hostmaster.%s. 1 3600 600 86400 %d\n" % (origin, origin, ttl))
         f.write("@ NS ns.%s.\nns A 127.0.0.1\n" % origin)
         for r in records:
             f.write(r + "\n")

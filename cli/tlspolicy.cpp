@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "discovery/destination.hpp"
 #include "policy/config.hpp"
 #include "policy/level.hpp"
 #include "policy/maps.hpp"
@@ -35,7 +36,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tlspolicy check [-c FILE] [-v] [--postconf-dir DIR]\n"
-    "       tlspolicy query [-c FILE] [-m MAP] [--explain] KEY...\n"
+    "       tlspolicy query [-c FILE] [-m MAP] [--explain] [--no-dns] KEY...\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "       tlspolicy query --daemon [-c FILE | --socket PATH] [-m MAP] [--explain] KEY...\n"
     "       tlspolicy query [-c FILE] -m effective ADDRESS...   (transport, next-hop policy, header)\n"
@@ -277,6 +278,55 @@ void compare_with_postfix(const Snapshot& s, const std::string& postconf_dir, bo
                    value.empty() ? "(empty: none)" : value, maincf));
 }
 
+// The discovery block: which rules are MX-aware (stdout), and whether
+// Postfix can act on DANE answers (a warning when smtp_dns_support_level is
+// not dnssec: Postfix then treats dane as may and dane-only as a failure).
+void check_discovery(const Snapshot& s, const std::string& postconf_dir, bool verbose) {
+  const auto& d = s.settings.discovery;
+  if (!d.configured) return;
+  for (uint32_t i = 0; i < s.rules.size(); ++i) {
+    const Rule& r = s.rules[i];
+    if (!r.mx_aware || !r.enabled) continue;
+    size_t mx = 0, ip = 0;
+    for (uint32_t e = 0; e < s.entries.size(); ++e) {
+      if (s.entries[e].rule != i) continue;
+      auto t = s.text(e);
+      bool is_mx = t.size() >= 3 && (t[0] == 'm' || t[0] == 'M') && (t[1] == 'x' || t[1] == 'X') && t[2] == ':';
+      std::string err;
+      auto parsed = is_mx ? std::nullopt : parse_entry(t, Dimension::destination, true, &err);
+      mx += is_mx;
+      ip += parsed && parsed->kind == EntryKind::cidr;
+    }
+    fmt::print("MX-aware rule \"{}\" at {} ({}): {} IP/CIDR entr{} matched against MX hosts' addresses, {} mx: "
+               "entr{} against their names; DNS failure: {}\n",
+               r.name, s.where(r), r.policy.value(), ip, ip == 1 ? "y" : "ies", mx, mx == 1 ? "y" : "ies",
+               r.dns_failure_defers ? "defer (TEMP)" : "ignore");
+  }
+  if (verbose && s.needs_dns)
+    fmt::print("note: discovery asks {}\n",
+               d.forwarders.empty() ? std::string("the root servers itself (full recursion: tlspolicyd needs DNS "
+                                                  "out to the Internet)")
+                                    : fmt::format("{}", fmt::join(d.forwarders, ", ")));
+  if (d.dane == DaneMode::off) return;
+  std::string why;
+  auto got = postconf(postconf_dir, {"config_directory", "smtp_dns_support_level"}, &why);
+  if (!got) {
+    if (verbose) fmt::print("note: dane = \"{}\" not compared with Postfix's smtp_dns_support_level: {}\n",
+                            dane_mode_name(d.dane), why);
+    return;
+  }
+  if ((*got)[1] != "dnssec")
+    fmt::print(stderr,
+               "{}: warning: dane = \"{}\", but Postfix's smtp_dns_support_level = {} ({}/main.cf): Postfix "
+               "validates the TLSA records itself and needs smtp_dns_support_level = dnssec and a validating "
+               "resolver in /etc/resolv.conf; without them a \"dane\" answer is plain opportunistic TLS and "
+               "\"dane-only\" defers the mail\n",
+               printable(s.files[0]), dane_mode_name(d.dane), (*got)[1].empty() ? "(empty)" : (*got)[1],
+               (*got)[0]);
+  else if (verbose)
+    fmt::print("note: dane = \"{}\" and Postfix's smtp_dns_support_level = dnssec\n", dane_mode_name(d.dane));
+}
+
 // Answers the keys in data (whole lines) into out; returns whether any was found.
 bool answer_lines(const Snapshot& s, MapName map, std::string_view data, std::string& out) {
   bool any = false;
@@ -413,7 +463,7 @@ int main(int argc, char** argv) {
   bool explain = false, verbose = false;
   std::string postconf_dir;
   unsigned threads = 0;
-  bool daemon = false, force = false, effective = false;
+  bool daemon = false, force = false, effective = false, no_dns = false;
   std::string socket;
   std::vector<std::string> keys;
   for (int i = 2; i < argc; ++i) {
@@ -445,6 +495,8 @@ int main(int argc, char** argv) {
       auto m = parse_map_name(argv[++i]);
       if (!m) return usage(fmt::format("unknown map \"{}\" (maps: {})", argv[i], kMapNames).c_str());
       map = *m;
+    } else if (a == "--no-dns" && cmd == "query") {
+      no_dns = true;
     } else if (a == "-x" || a == "--explain") {
       explain = true;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -458,6 +510,7 @@ int main(int argc, char** argv) {
     auto snap = load(config, true);
     if (!snap) return 1;
     compare_with_postfix(*snap, postconf_dir, verbose);
+    check_discovery(*snap, postconf_dir, verbose);
     return 0;
   }
   if (cmd == "postfix-config") {
@@ -517,11 +570,26 @@ int main(int argc, char** argv) {
   }
   if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);
   bool any = false;
+  // The daemon's discovery (discovery/), driven by a loop of its own: the
+  // same DNS questions, cache and facts, the same query(..., facts).
+  // --no-dns: the static policy alone.
+  std::unique_ptr<Discoverer> discoverer;
   for (auto& k : keys) {
-    Answer a = query(*snap, map, k, explain);
+    std::shared_ptr<const DestinationFacts> facts;
+    if (!no_dns && snap->needs_dns) {
+      if (std::string target = discovery_target(*snap, map, k); !target.empty()) {
+        std::string err;
+        if (!discoverer) discoverer = Discoverer::create(snap->settings.discovery, &err);
+        facts = discoverer ? discover_wait(*discoverer, target)
+                           : failed_facts(target, "DNS resolver not available: " + err);
+      }
+    }
+    Answer a = facts ? query(*snap, map, k, explain, facts.get()) : query(*snap, map, k, explain);
     any |= a.found;
     if (explain)
       fmt::print("{}", explain_text(*snap, map, k, a));
+    else if (a.temp)
+      fmt::print("{}TEMP {}\n", keys.size() == 1 ? "" : k + "\t", a.value);
     else if (a.found && keys.size() == 1)
       fmt::print("{}\n", a.value);
     else if (a.found)

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "daemon/listen.hpp"
+#include "discovery/destination.hpp"
 #include "daemon/control.hpp"
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
@@ -122,6 +123,55 @@ void drop_privileges(const DaemonSettings& d) {
     fatal(fmt::format("cannot drop privileges to {}: {}", d.user, std::strerror(errno)));
   if (setuid(0) == 0) fatal("privileges were not dropped (setuid(0) succeeded)");
 }
+
+// Whether this policy needs DNS at all: a static policy never sends a query.
+bool needs_dns(const Snapshot& s) { return s.needs_dns; }
+
+// The daemon's discovery: a Discoverer (discovery/) made from the snapshot's
+// settings, its descriptor on the event loop, and the server's view of it.
+// A reload that changes the settings replaces it: discoveries in flight on
+// the old one fail ("discovery stopped"), so their requests answer TEMP
+// where the rules say to defer, never a guess. When the resolver cannot be
+// made (an unreadable trust anchor after a reload), every request that
+// needs DNS gets failed facts with that reason.
+class DaemonDiscovery {
+ public:
+  explicit DaemonDiscovery(SocketmapServer& server) : server_(server) {}
+  ~DaemonDiscovery() { set(nullptr); }
+  // Returns false with *error when the snapshot needs DNS and the resolver
+  // could not be made (the previous one, if any, stays).
+  bool configure(const Snapshot& s, std::string* error) {
+    if (!needs_dns(s)) {
+      set(nullptr);
+      server_.set_discovery(nullptr);
+      return true;
+    }
+    server_.set_discovery([this](const std::string& dest, std::function<void(FactsPtr)> done) -> FactsPtr {
+      if (!d_) return failed_facts(dest, "DNS resolver not available: " + error_);
+      return d_->discover(dest, std::move(done));
+    });
+    if (d_ && same_resolver_settings(d_->settings(), s.settings.discovery)) return true;
+    auto d = Discoverer::create(s.settings.discovery, error);
+    if (!d) {
+      if (!d_) error_ = *error;
+      return false;
+    }
+    set(std::move(d));
+    return true;
+  }
+
+ private:
+  void set(std::unique_ptr<Discoverer> d) {
+    if (d_) server_.unwatch(d_->fd());
+    auto old = std::move(d_);
+    d_ = std::move(d);
+    if (d_) server_.watch(d_->fd(), [this] { d_->process(); });
+    old.reset();  // fails its discoveries in flight; their connections resume
+  }
+  SocketmapServer& server_;
+  std::unique_ptr<Discoverer> d_;
+  std::string error_;
+};
 
 std::string absolute(const std::string& path) {
   if (path.starts_with("/")) return path;
@@ -267,6 +317,13 @@ int main(int argc, char** argv) {
     if (fd >= 0) ::close(fd);
   }
   server.set_policy(first.snapshot);
+  // After dropping privileges: libunbound's thread runs as that user, and
+  // the trust anchor must be readable by it at every reload too.
+  DaemonDiscovery discovery(server);
+  {
+    std::string err;
+    if (!discovery.configure(*first.snapshot, &err)) fatal(fmt::format("discovery: {}", err));
+  }
   std::thread milter_thread;
   std::atomic<bool> milter_done{false};
   if (!d.milter.empty())
@@ -292,6 +349,10 @@ int main(int argc, char** argv) {
                             "only: restart to change them");
     server.set_options(nd.log_all_lookups, nd.log_rule_lookups, nd.max_connections,
                        std::chrono::seconds(nd.idle_timeout));
+    if (std::string err; !discovery.configure(*r.snapshot, &err))
+      log_line(LOG_ERR, fmt::format("discovery: {}: DNS answers come from the previous settings' resolver, or, "
+                                    "with none, lookups that need DNS fail (TEMP where the rules defer)",
+                                    err));
     auto old = server.set_policy(r.snapshot);
     if (metrics)
       metrics->publish(holder, r.snapshot, *old);

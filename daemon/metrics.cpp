@@ -97,6 +97,20 @@ class Metrics::Collector : public prometheus::Collectable {
     counter(family("tlspolicy_milter_sessions_total", "Milter connections from the MTA", MetricType::Counter), {},
             double(st.milter_sessions.get()));
 
+    auto& dns = family("tlspolicy_dns_questions_total",
+                       "DNS questions of discovery: sent to libunbound (cache misses), answered from the cache, failed",
+                       MetricType::Counter);
+    counter(dns, {{"result", "sent"}}, double(st.dns_queries.get()));
+    counter(dns, {{"result", "cached"}}, double(st.dns_cache_hits.get()));
+    counter(dns, {{"result", "failed"}}, double(st.dns_failures.get()));
+    auto& disc = family("tlspolicy_discovery_requests_total",
+                        "Socketmap requests that waited for DNS (parked), and discoveries that hit their deadline",
+                        MetricType::Counter);
+    counter(disc, {{"event", "parked"}}, double(st.discovery_parked.get()));
+    counter(disc, {{"event", "timeout"}}, double(st.discovery_timeouts.get()));
+    gauge(family("tlspolicy_discovery_in_flight", "Destinations being discovered now", MetricType::Gauge), {},
+          double(st.discovery_in_flight.load(std::memory_order_relaxed)));
+
     auto& reloads = family("tlspolicy_reloads_total", "Reloads by result", MetricType::Counter);
     counter(reloads, {{"result", "ok"}}, double(st.reloads_ok.get()));
     counter(reloads, {{"result", "failed"}}, double(st.reloads_failed.get()));

@@ -53,12 +53,13 @@ constexpr Key kTopKeys[] = {
     {"inbound", Type::list},     {"daemon", Type::group},       {"milter", Type::group},
     {"sendmail_min_bits", Type::integer}, {"allow_empty", Type::boolean},
     {"on_failure", Type::string}, {"bounce_transport", Type::string},
+    {"discovery", Type::group},
 };
 constexpr Key kOutboundKeys[] = {
     {"name", Type::string},    {"level", Type::string},      {"to", Type::strings},
     {"to_lists", Type::strings}, {"from", Type::strings},    {"from_lists", Type::strings},
     {"subdomains", Type::boolean}, {"transport", Type::string}, {"min_cipher_bits", Type::integer},
-    {"on_failure", Type::string}, {"enabled", Type::boolean},
+    {"on_failure", Type::string}, {"enabled", Type::boolean},   {"on_dns_failure", Type::string},
 };
 constexpr Key kInboundKeys[] = {
     {"name", Type::string},         {"from", Type::strings},       {"from_lists", Type::strings},
@@ -73,6 +74,14 @@ constexpr Key kDaemonKeys[] = {
     {"socket_mode", Type::string},    {"idle_timeout", Type::integer}, {"max_connections", Type::integer},
     {"log_all_lookups", Type::boolean}, {"log_rule_lookups", Type::boolean},
     {"reload_guard", Type::integer},  {"metrics", Type::string},  {"control", Type::string},
+};
+constexpr Key kDiscoveryKeys[] = {
+    {"forwarders", Type::strings},      {"trust_anchor_file", Type::string},
+    {"trust_forwarder_ad", Type::boolean}, {"query_timeout", Type::integer},
+    {"deadline", Type::integer},        {"max_outstanding", Type::integer},
+    {"cache_entries", Type::integer},   {"negative_ttl_max", Type::integer},
+    {"failure_ttl", Type::integer},     {"dane", Type::string},
+    {"on_dns_failure", Type::string},
 };
 constexpr Key kMilterKeys[] = {
     {"header", Type::string},          {"header_require", Type::string},
@@ -183,6 +192,15 @@ class Loader {
   void check_bounce_rules();
   void read_daemon(const Setting& g);
   void read_milter(const Setting& g);
+  void read_discovery(const Setting& g);
+  std::optional<bool> parse_on_dns_failure(const Setting& v);
+  void finish_discovery();
+  std::optional<Entry> parse_mx_entry(std::string_view text, Dimension dim, std::string* problem);
+  DisabledRule* disabled_of(uint32_t rule) {
+    for (auto& d : snap_->disabled)
+      if (d->rule == rule) return d.get();
+    return nullptr;  // not reached: disabled rules get their slot before their entries
+  }
   void read_outbound(const Setting& r, int index);
   void read_inbound(const Setting& r, int index);
   // Adds inline entries (key) and list-file entries (key_lists) of a rule.
@@ -300,22 +318,82 @@ void Loader::warn_no_suffix(const Entry& e, std::string_view text, uint32_t file
                      domain.substr(domain.rfind('.') + 1), hint));
 }
 
+// "mx:" + an MX host name (exact) or ".domain" (every MX host below it).
+bool is_mx_entry(std::string_view text) {
+  return text.size() >= 3 && ascii_lower(text[0]) == 'm' && ascii_lower(text[1]) == 'x' && text[2] == ':';
+}
+
+// An mx: entry as a domain entry of the rule's mx_names matcher; nullopt
+// with *problem when it is not one.
+std::optional<Entry> Loader::parse_mx_entry(std::string_view text, Dimension dim, std::string* problem) {
+  auto name = text.substr(3);
+  if (dim != Dimension::destination) {
+    *problem = fmt::format("\"{}\": MX host names belong in an outbound rule's to list (the destinations), "
+                           "not a {} list",
+                           text, dimension_name(dim));
+    return std::nullopt;
+  }
+  if (!snap_->settings.discovery.configured) {
+    *problem = fmt::format("\"{}\": an mx: entry needs DNS, which is off: add a discovery block "
+                           "(discovery = {{ }}; for the defaults: full recursion from the root, validated with "
+                           "/usr/share/dns/root.key), see tlspolicy.conf(5)",
+                           text);
+    return std::nullopt;
+  }
+  if (name.empty() || name == ".") {
+    *problem = fmt::format("\"{}\" names no host: write mx:HOST (that MX host) or mx:.DOMAIN (every MX host "
+                           "below DOMAIN), e.g. mx:.mail.protection.outlook.com",
+                           text);
+    return std::nullopt;
+  }
+  auto bare = name;
+  if (bare.front() == '[' && bare.back() == ']') bare = bare.substr(1, bare.size() - 2);
+  if (bare.find('/') != std::string_view::npos || parse_ip(bare)) {
+    *problem = fmt::format("\"{}\": IP addresses and ranges match MX hosts' addresses as they are: write "
+                           "\"{}\" without mx:",
+                           text, bare);
+    return std::nullopt;
+  }
+  if (name.find('@') != std::string_view::npos || name.find('*') != std::string_view::npos) {
+    *problem = fmt::format("\"{}\" is not an MX host name: write mx:HOST or mx:.DOMAIN (no * and no @; "
+                           "mx:.outlook.com covers every MX host below outlook.com)",
+                           text);
+    return std::nullopt;
+  }
+  // mx:HOST is that host only and mx:.DOMAIN everything below, whatever
+  // `subdomains` says: host names, not mail domains.
+  std::string why;
+  auto e = parse_entry(name, Dimension::destination, false, &why);
+  if (!e) {
+    *problem = fmt::format("{} (in \"{}\")", why, text);
+    return std::nullopt;
+  }
+  return e;
+}
+
 void Loader::add_entry(Matcher& m, Dimension dim, bool subdomains, std::string_view text,
                        uint32_t rule, uint32_t file, uint32_t line) {
   std::string problem;
-  auto e = parse_entry(text, dim, subdomains, &problem);
+  bool mx = is_mx_entry(text);
+  auto e = mx ? parse_mx_entry(text, dim, &problem) : parse_entry(text, dim, subdomains, &problem);
   if (!e) {
     error(snap_->files[file], int(line), problem);
     return;
   }
-  if (dim == Dimension::destination) warn_no_suffix(*e, text, file, line);
+  if (dim == Dimension::destination) warn_no_suffix(*e, mx ? text.substr(3) : text, file, line);
+  if (dim == Dimension::destination &&
+      (mx || (e->kind == EntryKind::cidr && snap_->settings.discovery.configured)))
+    snap_->rules[rule].mx_aware = true;
+  // mx: entries go to the mx_names matcher of the same rule set (the
+  // enabled rules', or this disabled rule's own).
+  Matcher& into = !mx ? m : snap_->rules[rule].enabled ? snap_->mx_names : disabled_of(rule)->mx_names;
   uint32_t id = uint32_t(snap_->entries.size());
   if (dim == Dimension::destination && e->kind == EntryKind::address && &m == &snap_->destinations)
     dest_addresses_.push_back({id, e->key});
   snap_->entries.push_back({rule, file, line, uint32_t(snap_->entry_text.size()), uint32_t(text.size())});
   snap_->entry_text.append(text);
   const Rule& mine = snap_->rules[rule];
-  uint32_t clash = m.add(*e, id, [&](uint32_t other) {
+  uint32_t clash = into.add(*e, id, [&](uint32_t other) {
     return snap_->rules[snap_->entries[other].rule].same_effect(mine);
   });
   if (clash != Matcher::kNone) {
@@ -489,6 +567,11 @@ void Loader::read_outbound(const Setting& r, int index) {
     auto f = parse_on_failure(r["on_failure"]);
     if (f) rule.on_failure = *f;
   }
+  rule.dns_failure_defers = snap_->settings.discovery.dns_failure_defers;
+  if (r.exists("on_dns_failure")) {
+    auto f = parse_on_dns_failure(r["on_dns_failure"]);
+    if (f) rule.dns_failure_defers = *f;
+  }
   bool has_to = r.exists("to") || r.exists("to_lists");
   bool has_from = r.exists("from") || r.exists("from_lists");
   if (!has_to && !has_from) {
@@ -509,6 +592,20 @@ void Loader::read_outbound(const Setting& r, int index) {
   if (off) off->rule = id;
   add_entries(r, "to", "to_lists", off ? off->destinations : snap_->destinations, Dimension::destination, sub, id);
   add_entries(r, "from", "from_lists", off ? off->senders : snap_->senders, Dimension::sender, sub, id);
+  const Rule& added = snap_->rules[id];
+  if (r.exists("on_dns_failure") && !snap_->settings.discovery.configured)
+    warn(r["on_dns_failure"], fmt::format("rule \"{}\": on_dns_failure has no effect without a discovery block "
+                                          "(no DNS is asked)",
+                                          added.name));
+  else if (r.exists("on_dns_failure") && !added.mx_aware)
+    warn(r["on_dns_failure"], fmt::format("rule \"{}\": on_dns_failure has no effect: the rule has no MX-aware "
+                                          "entries (IP addresses, CIDR ranges or mx: host names in to)",
+                                          added.name));
+  if (added.mx_aware && snap_->bounces(id))
+    warn(r, fmt::format("rule \"{}\" has on_failure = \"bounce\" and MX-aware entries: a next hop it covers "
+                        "through its MX hosts gets the level from the tls-policy map, and a TLS failure there is "
+                        "deferred, not bounced (the transport map routes recipients by name, without DNS)",
+                        added.name));
 }
 
 // A custom reply: "5xx x.y.z text" (or 4xx), placeholders from a fixed set.
@@ -751,6 +848,165 @@ void Loader::read_milter(const Setting& g) {
   }
 }
 
+// on_dns_failure = "defer" (true) | "ignore" (false); reports anything else.
+std::optional<bool> Loader::parse_on_dns_failure(const Setting& v) {
+  std::string word = v.c_str();
+  if (word == "defer") return true;
+  if (word == "ignore") return false;
+  error(v, fmt::format("on_dns_failure = \"{}\": use \"defer\" (answer TEMP, Postfix retries later: nothing "
+                       "leaves in plaintext while DNS is down) or \"ignore\" (go on as if the MX-aware entries "
+                       "did not match)",
+                       printable(word)));
+  return std::nullopt;
+}
+
+// "IP" or "IP@PORT", as libunbound's ub_ctx_set_fwd() takes it.
+bool valid_forwarder(std::string_view f) {
+  auto at = f.rfind('@');
+  auto ip = f.substr(0, at);
+  if (!parse_ip(ip) || ip.find('/') != std::string_view::npos) return false;
+  if (at == std::string_view::npos) return true;
+  auto port = f.substr(at + 1);
+  int p = 0;
+  if (port.empty() || port.size() > 5) return false;
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+    p = p * 10 + (c - '0');
+  }
+  return p > 0 && p < 65536;
+}
+
+bool loopback_forwarder(std::string_view f) {
+  auto ip = parse_ip(f.substr(0, f.rfind('@')));
+  if (!ip) return false;
+  if (!ip->v6) return ip->bytes[0] == 127;
+  for (int i = 0; i < 15; ++i)
+    if (ip->bytes[size_t(i)] != 0) return false;
+  return ip->bytes[15] == 1;
+}
+
+void Loader::read_discovery(const Setting& g) {
+  check_keys(g, kDiscoveryKeys, "discovery");
+  auto& d = snap_->settings.discovery;
+  d.configured = true;
+  if (g.exists("forwarders"))
+    for (auto& it : strings(g["forwarders"])) {
+      if (!valid_forwarder(it.text))
+        error(it.file, it.line, fmt::format("forwarder \"{}\" is not IP[@PORT] (e.g. \"127.0.0.1@5353\" or "
+                                            "\"::1\"): the address of a resolver, not its name",
+                                            it.text));
+      d.forwarders.push_back(it.text);
+    }
+  if (g.exists("trust_forwarder_ad")) d.trust_forwarder_ad = g["trust_forwarder_ad"];
+  struct Range {
+    const char* key;
+    long long min, max;
+    const char* unit;
+  };
+  auto number = [&](const Range& r) -> std::optional<long long> {
+    if (!g.exists(r.key)) return std::nullopt;
+    long long v = as_int(g[r.key]);
+    if (v < r.min || v > r.max) {
+      error(g[r.key], fmt::format("{} = {} must be {}..{}{}", r.key, v, r.min, r.max, r.unit));
+      return std::nullopt;
+    }
+    return v;
+  };
+  if (auto v = number({"query_timeout", 50, 60000, " milliseconds (one DNS question)"})) d.query_timeout_ms = int(*v);
+  if (auto v = number({"deadline", 50, 60000, " milliseconds (one socketmap request waiting for DNS)"}))
+    d.deadline_ms = int(*v);
+  if (auto v = number({"max_outstanding", 1, 1000000, " (destinations discovered at once)"}))
+    d.max_outstanding = int(*v);
+  if (auto v = number({"cache_entries", 1, 100000000, " (cached DNS answers)"})) d.cache_entries = size_t(*v);
+  if (auto v = number({"negative_ttl_max", 0, 86400, " seconds"})) d.negative_ttl_max = int(*v);
+  if (auto v = number({"failure_ttl", 0, 3600, " seconds"})) d.failure_ttl = int(*v);
+  if (g.exists("dane")) {
+    std::string w = g["dane"].c_str();
+    if (w == "off")
+      d.dane = DaneMode::off;
+    else if (w == "dane")
+      d.dane = DaneMode::dane;
+    else if (w == "dane-only")
+      d.dane = DaneMode::dane_only;
+    else
+      error(g["dane"], fmt::format("dane = \"{}\": use \"off\" (no DANE answers), \"dane\" (Postfix's "
+                                   "opportunistic DANE for domains that publish TLSA) or \"dane-only\" "
+                                   "(mandatory DANE where every MX host publishes usable TLSA)",
+                                   printable(w)));
+  }
+  if (g.exists("on_dns_failure")) {
+    auto f = parse_on_dns_failure(g["on_dns_failure"]);
+    if (f) d.dns_failure_defers = *f;
+  }
+  // The trust anchor: needed for DANE (a DANE answer needs DNSSEC-secure
+  // facts) unless a trusted forwarder validates. MX-aware rules use insecure
+  // answers too (as Postfix does), so without DANE a missing default file
+  // only means no validation of our own.
+  bool anchor_set = g.exists("trust_anchor_file");
+  if (anchor_set) d.trust_anchor_file = g["trust_anchor_file"].c_str();
+  const Setting& at = anchor_set ? g["trust_anchor_file"] : g;
+  bool reported = false;
+  if (!d.trust_anchor_file.empty()) {
+    reported = true;
+    if (!d.trust_anchor_file.starts_with("/")) {
+      error(at, fmt::format("trust_anchor_file = \"{}\" must be an absolute path (e.g. /usr/share/dns/root.key)",
+                            d.trust_anchor_file));
+    } else if (::access(d.trust_anchor_file.c_str(), R_OK) != 0) {
+      int err = errno;
+      if (d.dane != DaneMode::off && !d.trust_forwarder_ad) {
+        error(at, fmt::format("trust_anchor_file \"{}\": {}: DANE needs DNSSEC validation; install "
+                              "dns-root-data (Debian's /usr/share/dns/root.key), name a readable trust anchor, or "
+                              "validate in a local resolver and set forwarders and trust_forwarder_ad = true",
+                              d.trust_anchor_file, std::strerror(err)));
+      } else {
+        reported = false;
+        if (anchor_set)
+          warn(at, fmt::format("trust_anchor_file \"{}\": {}: answers are not validated here (without DANE, "
+                               "MX-aware rules use them either way, as Postfix does; dane = \"dane\" would need "
+                               "a readable trust anchor)",
+                               d.trust_anchor_file, std::strerror(err)));
+      }
+      d.trust_anchor_file.clear();
+    } else {
+      reported = false;
+    }
+  }
+  if (d.trust_forwarder_ad && d.forwarders.empty())
+    error(g["trust_forwarder_ad"], "trust_forwarder_ad = true needs forwarders (the validating resolver whose "
+                                   "AD bit is trusted)");
+  if (d.dane != DaneMode::off && d.trust_anchor_file.empty() && !d.trust_forwarder_ad && !reported)
+    error(g["dane"], fmt::format("dane = \"{}\" needs DNSSEC: a trust_anchor_file, or forwarders with "
+                                 "trust_forwarder_ad = true (trust_anchor_file = \"\" turns validation off)",
+                                 g["dane"].c_str()));
+  if (d.trust_forwarder_ad && g.exists("forwarders"))
+    for (auto& it : strings(g["forwarders"]))
+      if (valid_forwarder(it.text) && !loopback_forwarder(it.text))
+        warn(it.file, it.line, fmt::format("forwarder \"{}\" is not on loopback, and trust_forwarder_ad = true "
+                                           "trusts its AD bit: anyone on the path can set it. Validate here "
+                                           "(trust_anchor_file) or use a validating resolver on this host",
+                                           it.text));
+  if (d.deadline_ms < d.query_timeout_ms)
+    warn(g, fmt::format("deadline ({} ms) is shorter than query_timeout ({} ms): a request would give up before "
+                        "a slow DNS question does",
+                        d.deadline_ms, d.query_timeout_ms));
+}
+
+// After every rule: what the daemon needs to know about DNS.
+void Loader::finish_discovery() {
+  Snapshot& s = *snap_;
+  const auto& d = s.settings.discovery;
+  bool aware = false;
+  for (auto& r : s.rules)
+    if (r.enabled && r.direction == Direction::outbound && r.mx_aware) {
+      aware = true;
+      s.mx_aware_defers |= r.dns_failure_defers;
+    }
+  s.needs_dns = d.configured && (aware || d.dane != DaneMode::off);
+  if (d.configured && !s.needs_dns && result_.errors.empty())
+    warn(path_, 0, "a discovery block is configured, but nothing uses it (no enabled outbound rule has IP, "
+                   "CIDR or mx: entries, and dane = \"off\"): no DNS query will be sent");
+}
+
 // on_failure = "defer" | "bounce"; reports anything else.
 std::optional<OnFailure> Loader::parse_on_failure(const Setting& v) {
   std::string word = v.c_str();
@@ -840,6 +1096,7 @@ void Loader::read_settings(const Setting& root) {
   if (root.exists("allow_empty")) s.allow_empty = root["allow_empty"];
   if (root.exists("daemon")) read_daemon(root["daemon"]);
   if (root.exists("milter")) read_milter(root["milter"]);
+  if (root.exists("discovery")) read_discovery(root["discovery"]);
 }
 
 // libconfig 1.5 (Debian 12) joins its include directory and every @include
@@ -974,6 +1231,7 @@ LoadResult Loader::run() {
                                no_suffix_ - kMaxNoSuffixWarnings, kMaxNoSuffixWarnings));
   if (too_many_) error(path_, 0, fmt::format("too many errors, stopped after {}", kMaxErrors));
   check_bounce_rules();
+  finish_discovery();
   collect_sources(root);
   check_laxer_addresses();
   // An empty or truncated file (": > tlspolicy.conf", an editor that

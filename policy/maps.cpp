@@ -594,17 +594,287 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain)
   return {};
 }
 
-// Interface placeholders while issue 13 lands: the MX-aware rules and DANE
-// replace these (no rule needs discovery yet, so the static answer is right).
-std::string discovery_target(const Snapshot&, MapName, std::string_view) { return {}; }
-Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
-             const DestinationFacts*) {
-  return query(s, map, key, explain);
+namespace {
+
+// The next hop a tls-policy key names, as discovery asks for it:
+// "partner.example" (lowercase A-labels, no port, no trailing dot) or
+// "[mx.example]"; "" for keys discovery has nothing to say about: addresses,
+// IP literals (matched by IP entries as they are), ".parent" keys (asked by
+// Postfix for parent-domain matching, not a destination), and anything that
+// is not a host name (hostile keys never reach DNS).
+std::string next_hop_target(std::string_view key) {
+  if (key.empty() || key.size() > kMaxUtf8Key || key.find('@') != std::string_view::npos) return {};
+  std::string k = lowercase(key);
+  auto hop = parse_next_hop(k);
+  if (!hop || hop->ip || hop->sub_only || hop->host.empty()) return {};
+  std::string host(hop->host);
+  if (has_non_ascii(host)) host = idn_key(host);
+  if (host.size() > 253 || !valid_domain_pattern(host)) return {};
+  std::string out;
+  bool literal = k.starts_with("[");
+  if (literal) out += '[';
+  out += host;
+  if (literal) out += ']';
+  return out;
+}
+
+std::string_view security_word(DnsSecurity d) {
+  switch (d) {
+    case DnsSecurity::insecure: return "insecure";
+    case DnsSecurity::secure: return "secure";
+    case DnsSecurity::bogus: return "bogus";
+  }
+  return "?";
+}
+
+// "MX partner.example: 10 mx1.partner.example (secure, ttl 300)"
+std::string answer_line(const DnsRecordSet& r) {
+  std::string data;
+  switch (r.status) {
+    case DnsStatus::ok:
+      for (auto& d : r.data) {
+        if (!data.empty()) data += ", ";
+        data += printable(d);
+      }
+      break;
+    case DnsStatus::nodata: data = "no records (NODATA)"; break;
+    case DnsStatus::nxdomain: data = "no such name (NXDOMAIN)"; break;
+    case DnsStatus::failed: data = fmt::format("failed: {}", printable(r.error.empty() ? "no answer" : r.error)); break;
+  }
+  if (r.status == DnsStatus::failed) return fmt::format("{} {}: {}", printable(r.type), printable(r.name), data);
+  return fmt::format("{} {}: {} ({}, ttl {})", printable(r.type), printable(r.name), data, security_word(r.security),
+                     r.ttl);
+}
+
+// What discovery makes of the facts, before a rule for the name is considered.
+struct Outcome {
+  enum Kind { none, temp, by_rule, dane } kind = none;
+  std::string value;        // TEMP reason, the rule's level, or dane / dane-only
+  uint32_t rule = kNone;    // the MX-aware rule that decided
+  std::vector<Step> steps;  // MX-aware matches, the deciding one first
+  std::string dane_note;    // the DANE assessment (explain)
+  std::string why;          // one sentence for the reasoning
+};
+
+std::string_view tlsa_word(TlsaState t) {
+  switch (t) {
+    case TlsaState::none: return "no TLSA";
+    case TlsaState::usable: return "usable TLSA";
+    case TlsaState::unusable: return "only unusable TLSA";
+    case TlsaState::failed: return "TLSA lookup failed";
+  }
+  return "?";
+}
+
+Outcome discover(const Snapshot& s, const DestinationFacts& f) {
+  Outcome o;
+  const auto& ds = s.settings.discovery;
+  const std::string dest = printable(f.destination);
+  // 1. Nothing known. A bogus MX answer is no answer: its data may be forged.
+  if (f.failed || f.mx_security == DnsSecurity::bogus) {
+    std::string reason = f.failed ? (f.error.empty() ? std::string("DNS lookup failed") : printable(f.error))
+                                  : std::string("the MX answer failed DNSSEC validation (bogus)");
+    bool defers = s.mx_aware_defers || (ds.dane != DaneMode::off && ds.dns_failure_defers);
+    if (defers) {
+      o.kind = Outcome::temp;
+      o.value = fmt::format("DNS lookup for {} failed ({}): deferred until the rules that depend on its MX hosts "
+                            "can be checked",
+                            dest, reason);
+      o.why = fmt::format("DNS failed ({}), and an MX-aware rule (or DANE) with on_dns_failure = \"defer\" might "
+                          "apply: TEMP, Postfix defers and retries, nothing leaves in plaintext",
+                          reason);
+    } else {
+      o.why = fmt::format("DNS failed ({}), and on_dns_failure = \"ignore\": answered as if no MX-aware rule "
+                          "matched",
+                          reason);
+    }
+    return o;
+  }
+  if (f.null_mx) {
+    o.why = "the domain publishes a null MX (RFC 7505): it accepts no mail, Postfix returns such mail at once";
+    return o;
+  }
+  // 2. MX-aware entries: any MX host that matches puts the whole next hop
+  // under the rule (Postfix's TLS policy is per next hop, and mail may go to
+  // any of its MX hosts). Among several matches the strictest level wins;
+  // on a tie, the first in MX preference order.
+  int best_rank = -1;
+  bool unknown = false;  // a host whose addresses could not be looked up
+  auto consider = [&](const Hit& h, std::string via) {
+    uint32_t rule = s.entries[h.entry].rule;
+    Step st{rule, h.entry, h.kind, {}, h.prefix, std::move(via)};
+    int r = rank(s.rules[rule].policy.level);
+    if (r > best_rank) {
+      best_rank = r;
+      o.rule = rule;
+      o.steps.insert(o.steps.begin(), std::move(st));
+    } else {
+      o.steps.push_back(std::move(st));
+    }
+  };
+  const char* kind = f.implicit_mx || f.literal ? "host" : "MX";
+  for (auto& host : f.mx) {
+    std::string name = printable(host.name);
+    s.mx_names.visit_domain(host.name, false, [&](const Hit& h) {
+      consider(h, fmt::format("{} {} is {}", kind, name, printable(s.text(h.entry))));
+      return true;
+    });
+    for (auto& ip : host.addrs)
+      s.destinations.visit_ip(ip, [&](const Hit& h) {
+        auto ip_text = format_ip(ip);
+        consider(h, h.prefix == ip.bits()
+                        ? fmt::format("{} {} [{}]", kind, name, ip_text)
+                        : fmt::format("{} {} [{}] in {}", kind, name, ip_text,
+                                      printable(s.text(h.entry))));
+        return true;
+      });
+    if (host.addr_failed && host.addrs.empty()) unknown = true;
+  }
+  if (o.rule == kNone && unknown && s.mx_aware_defers) {
+    o.kind = Outcome::temp;
+    o.value = fmt::format("DNS address lookup for an MX host of {} failed: deferred until the rules that depend "
+                          "on its addresses can be checked",
+                          dest);
+    o.why = "an MX host's addresses could not be looked up, and an MX-aware rule with on_dns_failure = \"defer\" "
+            "might cover them: TEMP";
+    return o;
+  }
+  // 3. DANE: only for a DNSSEC-secure MX set (or literal host) whose hosts
+  // publish TLSA. Postfix itself validates the TLSA records (it needs
+  // smtp_dns_support_level = dnssec); we only decide the level.
+  Outcome d;
+  int dane_rank = -1;
+  if (ds.dane != DaneMode::off && !f.mx.empty()) {
+    size_t usable = 0, unusable = 0, failed = 0;
+    for (auto& h : f.mx) switch (h.tlsa) {
+        case TlsaState::usable: ++usable; break;
+        case TlsaState::unusable: ++unusable; break;
+        case TlsaState::failed: ++failed; break;
+        case TlsaState::none: break;
+      }
+    size_t n = f.mx.size();
+    std::string hosts;
+    for (auto& h : f.mx) {
+      if (!hosts.empty()) hosts += ", ";
+      hosts += fmt::format("{} {}", printable(h.name), tlsa_word(h.tlsa));
+    }
+    const char* what = f.literal ? "host" : f.implicit_mx ? "domain (no MX: the domain itself)" : "MX set";
+    if (f.mx_security != DnsSecurity::secure) {
+      d.dane_note = fmt::format("DANE: the {} is {}: no DANE answer (it needs DNSSEC-secure answers)", what,
+                                security_word(f.mx_security));
+    } else if (usable + unusable + failed == 0) {
+      d.dane_note = fmt::format("DANE: the {} is secure, but no host publishes TLSA ({}): no DANE answer", what, hosts);
+    } else {
+      d.kind = Outcome::dane;
+      bool all_usable = usable == n;
+      d.value = all_usable && ds.dane == DaneMode::dane_only ? "dane-only" : "dane";
+      // Compared with an MX-aware rule by the levels' ranks: "dane" is
+      // opportunistic (Postfix repeats the TLSA lookup at delivery, and
+      // falls back to "may" should the records have gone), so it never
+      // replaces an enforcing rule; "dane-only" is mandatory and does.
+      dane_rank = rank(d.value == "dane-only" ? Level::dane_only : Level::dane);
+      std::string partial;
+      if (!all_usable && ds.dane == DaneMode::dane_only)
+        partial = " (not dane-only: it would refuse the hosts without usable TLSA, where RFC 7672 "
+                  "asks for TLS per host: unusable TLSA encrypted, failed lookup deferred, none opportunistic)";
+      else if (!all_usable)
+        partial = " (Postfix's dane level applies RFC 7672 per host: unusable TLSA encrypted, failed lookup "
+                  "deferred, none opportunistic)";
+      d.dane_note = fmt::format("DANE: the {} is secure; {} of {} host{} with usable TLSA ({}): {}{}", what, usable,
+                                n, n == 1 ? "" : "s", hosts, d.value, partial);
+      d.why = fmt::format("the {} is DNSSEC-secure and publishes TLSA: {} (Postfix validates the TLSA records "
+                          "itself, with smtp_dns_support_level = dnssec)",
+                          what, d.value);
+    }
+  }
+  if (o.rule != kNone && dane_rank <= best_rank) {
+    o.kind = Outcome::by_rule;
+    o.value = s.rules[o.rule].policy.value();
+    o.dane_note = d.dane_note;
+    o.why = fmt::format("an MX-aware entry matches{} (any matching MX host puts the whole next hop under its rule; "
+                        "the strictest such rule wins)",
+                        d.kind == Outcome::dane ? fmt::format(", and is at least as strict as DANE's {}", d.value)
+                                                : std::string());
+    return o;
+  }
+  if (d.kind == Outcome::dane) {
+    d.steps = std::move(o.steps);
+    if (o.rule != kNone)
+      d.why += fmt::format(", stricter than the matching MX-aware rule \"{}\" ({})", s.rules[o.rule].name,
+                           s.rules[o.rule].policy.value());
+    return d;
+  }
+  d.why = d.dane_note.empty() ? "no MX-aware entry matches the MX hosts" : "no MX-aware entry matches, and no DANE";
+  return d;
+}
+
+}  // namespace
+
+std::string discovery_target(const Snapshot& s, MapName map, std::string_view key, bool explain) {
+  if (!s.needs_dns || map != MapName::tls_policy) return {};
+  std::string target = next_hop_target(key);
+  if (target.empty() || explain) return target;
+  // A rule for the name itself decides: no DNS.
+  Answer a = tls_policy(s, key, false);
+  if (a.rule != kNone && !s.rules[a.rule].is_default) return {};
+  return target;
+}
+
+Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain, const DestinationFacts* facts) {
+  if (!facts || map != MapName::tls_policy || !s.needs_dns) return query(s, map, key, explain);
+  Answer a = tls_policy(s, key, explain);
+  Outcome o = discover(s, *facts);
+  if (explain) {
+    for (auto& r : facts->answers) a.discovery.push_back("dns: " + answer_line(r));
+    if (!o.dane_note.empty()) a.discovery.push_back(o.dane_note);
+  }
+  bool by_name = a.rule != kNone && !s.rules[a.rule].is_default;
+  if (by_name) {
+    if (explain) {
+      std::string alone = o.kind == Outcome::temp   ? fmt::format("TEMP ({})", o.value)
+                          : o.kind == Outcome::none ? std::string("nothing (the default)")
+                                                    : o.value;
+      a.discovery.push_back(fmt::format("discovery alone would answer {}: {}", alone, o.why));
+      for (auto& st : o.steps) a.trail.push_back(st);
+      a.reasoning += "; a rule for the name itself overrides discovery (MX-aware rules and DANE)";
+    }
+    return a;
+  }
+  switch (o.kind) {
+    case Outcome::none:
+      if (explain) a.reasoning = fmt::format("{}; {}", o.why, a.reasoning);
+      return a;
+    case Outcome::temp:
+    case Outcome::by_rule:
+    case Outcome::dane: {
+      Answer d;
+      d.found = true;
+      d.temp = o.kind == Outcome::temp;
+      d.value = o.value;
+      d.rule = o.kind == Outcome::by_rule ? o.rule : kNone;
+      d.via = o.kind == Outcome::temp   ? o.value
+              : o.kind == Outcome::dane ? o.dane_note
+              : o.steps.empty()         ? std::string()
+                                        : fmt::format("{} at {}", o.steps.front().via,
+                                                      s.where_entry(o.steps.front().entry));
+      if (explain) {
+        d.trail = std::move(o.steps);
+        for (auto& st : a.trail) d.trail.push_back(st);  // the default, lost to discovery
+        d.disabled_hits = std::move(a.disabled_hits);
+        d.discovery = std::move(a.discovery);
+        d.reasoning = o.why;
+      }
+      return d;
+    }
+  }
+  return a;
 }
 
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a) {
-  std::string out = fmt::format("{} {}: {}\n", map_name(map), printable(key), a.found ? a.value : "NOTFOUND");
-  bool first = true;
+  std::string out = fmt::format("{} {}: {}{}\n", map_name(map), printable(key), a.temp ? "TEMP " : "",
+                                a.found ? a.value : "NOTFOUND");
+  // A TEMP or DANE answer comes from no rule: every rule listed lost to it.
+  bool first = !(a.found && a.rule == kNone);
   for (auto& st : a.trail) {
     const Rule& r = s.rules[st.rule];
     std::string what = r.direction == Direction::outbound || r.is_default
@@ -615,7 +885,9 @@ std::string explain_text(const Snapshot& s, MapName map, std::string_view key, c
                                                           action_name(r.action))
                                             : std::string("exempt (require = none)"));
     std::string how;
-    if (st.entry == kNone)
+    if (!st.via.empty())
+      how = fmt::format("rule \"{}\" ({}): {} at {}", r.name, s.where(r), st.via, s.where_entry(st.entry));
+    else if (st.entry == kNone)
       how = r.is_default && map != MapName::inbound ? "the default" : fmt::format("rule \"{}\"", r.name);
     else {
       how = fmt::format("rule \"{}\" ({}), entry \"{}\" at {} matched {}", r.name, s.where(r),
@@ -640,6 +912,7 @@ std::string explain_text(const Snapshot& s, MapName map, std::string_view key, c
                                                           : std::string("exempt"),
                        s.where(r));
   }
+  for (auto& line : a.discovery) out += fmt::format("  {}\n", line);
   if (!a.reasoning.empty()) out += fmt::format("  why: {}\n", a.reasoning);
   return out;
 }

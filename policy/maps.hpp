@@ -27,6 +27,9 @@ struct Step {
   HitKind kind;
   std::string matched;
   int prefix;
+  // A match through discovery: "MX mx1.partner.example [207.219.44.9] in
+  // 207.219.44.0/24" or "MX aspmx.l.google.com is mx:aspmx.l.google.com".
+  std::string via = {};
 };
 
 struct Answer {
@@ -43,6 +46,16 @@ struct Answer {
   // Explain only: the first entry of each disabled rule (enabled = false)
   // that would match the key, were the rule on.
   std::vector<uint32_t> disabled_hits;
+  // Explain only, with facts: the DNS answers (name, type, data, DNSSEC
+  // status, TTL), the DANE assessment, and what discovery alone would have
+  // answered where a rule for the name overrides it.
+  std::vector<std::string> discovery;
+  // Set whenever discovery decided (TEMP, an MX-aware rule, DANE), explain
+  // or not: one line for the daemon's log, e.g. "MX mx1.partner.example
+  // [207.219.44.9] in 207.219.44.0/24 at force-encrypt.list:3", "DANE: the
+  // MX set is secure; 2 of 2 hosts with usable TLSA (...): dane-only", or the
+  // TEMP reason. Empty when the static policy answered.
+  std::string via;
 };
 
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
@@ -51,7 +64,11 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain 
 // static policy answers alone (no MX-aware rule or DANE could apply, or a
 // rule for the name itself decides). The caller discovers it (discovery/)
 // and asks again with the facts; facts == nullptr is the static answer.
-std::string discovery_target(const Snapshot& s, MapName map, std::string_view key);
+// explain = true: also when a rule for the name decides, so that --explain
+// can say what discovery would have answered.
+// Only the tls-policy map discovers: the transport map is keyed by recipient
+// and routes by name; MX-aware rules act per next hop, through tls-policy.
+std::string discovery_target(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
              const DestinationFacts* facts);
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a);

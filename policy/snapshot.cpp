@@ -2,6 +2,7 @@
 #include "policy/snapshot.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <unordered_set>
@@ -15,6 +16,15 @@ std::string_view action_name(Action a) {
     case Action::reject: return "reject";
     case Action::tempfail: return "tempfail";
     case Action::monitor: return "monitor";
+  }
+  return "?";
+}
+
+std::string_view dane_mode_name(DaneMode m) {
+  switch (m) {
+    case DaneMode::off: return "off";
+    case DaneMode::dane: return "dane";
+    case DaneMode::dane_only: return "dane-only";
   }
   return "?";
 }
@@ -62,6 +72,15 @@ std::string Snapshot::summary() const {
                      default_rule == kNone ? std::string("unset (Postfix's smtp_tls_security_level applies)")
                                            : rules[default_rule].policy.value());
   out += off;
+  const auto& d = settings.discovery;
+  if (d.configured) {
+    size_t aware = 0;
+    for (auto& r : rules) aware += r.enabled && r.mx_aware;
+    out += fmt::format("; discovery {}: {} MX-aware rule{} ({} mx: entries), dane {}, DNS {}", needs_dns ? "on" : "unused",
+                       aware, aware == 1 ? "" : "s", mx_names.size(), dane_mode_name(d.dane),
+                       d.forwarders.empty() ? std::string("from the root")
+                                            : fmt::format("via {}", fmt::join(d.forwarders, " ")));
+  }
   return out;
 }
 

@@ -46,6 +46,9 @@ struct Rule {
   // MX-aware entries (IP/CIDR matched against MX addresses, mx: names): when
   // DNS fails, defer (TEMP) or go on as if this rule did not match.
   bool dns_failure_defers = true;
+  // Has MX-aware destination entries: IP/CIDR (when a discovery block is
+  // configured) or mx: host names. Set while loading.
+  bool mx_aware = false;
   bool has_to = false, has_from = false;  // destination / sender entries (for tlspolicy postfix-config)
   // inbound
   bool require_tls = true;
@@ -101,7 +104,12 @@ enum class Route { stricter, enforced };
 // configuration asks for it (an MX-aware entry, or dane != off), so a static
 // policy never sends a DNS query.
 enum class DaneMode { off, dane, dane_only };
+std::string_view dane_mode_name(DaneMode m);  // "off", "dane", "dane-only"
 struct DiscoverySettings {
+  // A discovery = { ... }; block is present. Without one, nothing is
+  // discovered: IP/CIDR entries match only [ip] next hops, as before, and
+  // mx: entries are an error (so an upgrade never starts sending DNS queries).
+  bool configured = false;
   // Where libunbound sends its queries: "" = full recursion from the root;
   // else forwarders "IP[@PORT]" (a local validating resolver, the test fixture).
   std::vector<std::string> forwarders;
@@ -147,6 +155,7 @@ struct Settings {
 struct DisabledRule {
   uint32_t rule;
   Matcher destinations, senders, inbound_senders, inbound_recipients, clients;
+  Matcher mx_names;  // mx: entries
 };
 
 struct Snapshot {
@@ -155,6 +164,9 @@ struct Snapshot {
   std::vector<EntryInfo> entries;
   std::string entry_text;
   Matcher destinations, senders;                           // outbound
+  // mx: entries of outbound rules, matched against the MX host names that
+  // discovery found ("mx:aspmx.l.google.com" exact, "mx:.outlook.com" below).
+  Matcher mx_names;
   Matcher inbound_senders, inbound_recipients, clients;    // inbound
   Matcher outbound_clients;                                // milter direction
   uint32_t default_rule = kNone;
@@ -165,6 +177,12 @@ struct Snapshot {
   struct {
     bool mail = false, rcpt = false;
   } inbound_stops;
+  // Discovery is configured and something can use it (an enabled MX-aware
+  // entry, or dane != off): the daemon creates a resolver only then, and a
+  // snapshot without it never sends a DNS query.
+  bool needs_dns = false;
+  // Some enabled MX-aware rule defers when DNS fails (on_dns_failure = "defer").
+  bool mx_aware_defers = false;
   std::vector<std::unique_ptr<DisabledRule>> disabled;
   Settings settings;
   // Lookups each rule decided, for the metrics (the one mutable part: counters).

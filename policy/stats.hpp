@@ -47,6 +47,11 @@ struct Stats {
   // Milter: one per message (header) or per refused command.
   Counter milter_require, milter_try, milter_reject, milter_tempfail, milter_would_reject, milter_errors;
   Counter milter_sessions;
+  // Discovery (DNS): questions sent to libunbound, answered from our cache,
+  // failed (SERVFAIL, timeout, bogus); socketmap requests parked while DNS
+  // ran; destinations being discovered now.
+  Counter dns_queries, dns_cache_hits, dns_failures, discovery_parked, discovery_timeouts;
+  std::atomic<int64_t> discovery_in_flight{0};
   // Reloads.
   Counter reloads_ok, reloads_failed;
   std::atomic<int64_t> loaded_unix{0};  // when the policy being served was loaded

@@ -5,7 +5,17 @@
 
 namespace tlspolicy {
 
-SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request) {
+bool split_request(std::string_view request, MapName* map, std::string_view* key) {
+  auto space = request.find(' ');
+  if (space == std::string_view::npos) return false;
+  auto m = parse_map_name(request.substr(0, space));
+  if (!m) return false;
+  *map = *m;
+  *key = request.substr(space + 1);
+  return true;
+}
+
+SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request, const DestinationFacts* facts) {
   SocketmapReply r;
   auto space = request.find(' ');
   if (space == std::string_view::npos) {
@@ -23,8 +33,12 @@ SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request) {
   }
   r.map = *map;
   r.known_map = true;
-  r.answer = query(s, *map, request.substr(space + 1));
-  if (!r.answer.found)
+  r.answer = facts ? query(s, *map, request.substr(space + 1), false, facts) : query(s, *map, request.substr(space + 1));
+  if (r.answer.temp) {
+    r.payload = "TEMP ";
+    r.payload += printable(std::string_view(r.answer.value).substr(0, 1000));
+  }
+  else if (!r.answer.found)
     r.payload = "NOTFOUND ";
   else if (r.answer.value.size() + 3 > kMaxReply)
     r.payload = "PERM reply too long";

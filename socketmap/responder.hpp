@@ -1,5 +1,5 @@
 // The socketmap request handler: "<map> <key>" in, "OK <value>" /
-// "NOTFOUND " / "PERM <reason>" out, answered by policy/maps (the same
+// "NOTFOUND " / "TEMP <reason>" / "PERM <reason>" out, answered by policy/maps (the same
 // query() as `tlspolicy query`). Pure function of snapshot and request.
 #pragma once
 #include <string>
@@ -19,6 +19,11 @@ struct SocketmapReply {
   Answer answer;
 };
 
-SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request);
+// facts: what discovery learned about the request's discovery_target()
+// (nullptr: the static answer). An answer with temp set is "TEMP <reason>".
+SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request,
+                                const DestinationFacts* facts = nullptr);
+// "<map> <key>" of a known map, else false (answer_socketmap says why).
+bool split_request(std::string_view request, MapName* map, std::string_view* key);
 
 }  // namespace tlspolicy

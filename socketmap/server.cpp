@@ -49,6 +49,15 @@ struct SocketmapServer::Conn {
   bool eof = false;                   // nothing more to read (FIN, or a framing error)
   bool keep_idle = false;             // asked the access map: Sendmail never reconnects
   uint32_t events = 0;
+  // A request waiting for discovery: answered, with the snapshot it started
+  // with, when the facts come (resume()); nothing else is read or answered
+  // meanwhile.
+  struct Parked {
+    std::string request;
+    std::shared_ptr<const Snapshot> snapshot;
+    Clock::time_point since;
+  };
+  std::unique_ptr<Parked> parked;
   size_t pending() const { return out.size() - out_pos; }
 };
 
@@ -102,6 +111,10 @@ void SocketmapServer::watch(int fd, std::function<void()> cb) {
   epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
 }
 
+void SocketmapServer::unwatch(int fd) {
+  if (watched_.erase(fd)) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+}
+
 void SocketmapServer::accept_all(int listener) {
   for (;;) {
     int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -150,12 +163,12 @@ size_t SocketmapServer::max_buffered_now() const {
 // One line per lookup a rule decided (every lookup with log_all_lookups),
 // built in a reused buffer: at tens of thousands of lookups a second the
 // line's allocations would cost more than the lookup.
-void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply& r) {
+void SocketmapServer::log_lookup(const Snapshot& s, std::string_view request, const SocketmapReply& r) {
   if (!r.known_map) {
     warn(request_warning_, [&] { return "socketmap: " + printable(std::string_view(r.payload).substr(0, 256)); });
     return;
   }
-  bool rule_hit = r.answer.rule != kNone && !policy_->rules[r.answer.rule].is_default;
+  bool rule_hit = r.answer.rule != kNone && !s.rules[r.answer.rule].is_default;
   if (!opt_.log_all_lookups && !(rule_hit && opt_.log_rule_lookups)) return;
   auto key = request.substr(request.find(' ') + 1);
   line_.clear();
@@ -166,11 +179,11 @@ void SocketmapServer::log_lookup(std::string_view request, const SocketmapReply&
   if (r.answer.rule == kNone) {
     line_ += "no rule)";
   } else {
-    const Rule& rule = policy_->rules[r.answer.rule];
+    const Rule& rule = s.rules[r.answer.rule];
     if (rule.is_default)
-      fmt::format_to(out, "default at {}:{})", policy_->files[rule.file], rule.line);
+      fmt::format_to(out, "default at {}:{})", s.files[rule.file], rule.line);
     else
-      fmt::format_to(out, "rule \"{}\" at {}:{})", rule.name, policy_->files[rule.file], rule.line);
+      fmt::format_to(out, "rule \"{}\" at {}:{})", rule.name, s.files[rule.file], rule.line);
   }
   opt_.log_lookup(LOG_INFO, line_);
 }
@@ -200,9 +213,9 @@ void SocketmapServer::service(Conn& c, uint32_t events) {
     close_conn(c);  // reset or gone while we were not reading
     return;
   }
-  if ((events & EPOLLIN) && !c.eof && !c.backlog && !read_input(c)) return;
+  if ((events & EPOLLIN) && !c.eof && !c.backlog && !c.parked && !read_input(c)) return;
   if ((events & EPOLLOUT) && !send_output(c)) return;  // room first, then answers
-  answer(c);
+  if (!c.parked) answer(c);
   if (!send_output(c)) return;
   settle(c);
 }
@@ -246,11 +259,29 @@ void SocketmapServer::answer(Conn& c) {
     }
     if ((st = c.in.next(&req)) != NetstringReader::Status::ok) break;
     auto t0 = Clock::now();
-    SocketmapReply r = answer_socketmap(*policy_, req);
-    count(r, uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
+    FactsPtr facts;
+    MapName map;
+    std::string_view key;
+    if (discover_ && split_request(req, &map, &key)) {
+      if (std::string target = discovery_target(*policy_, map, key); !target.empty()) {
+        facts = discover_(target, [this, fd = c.fd, id = c.id](FactsPtr f) { resume(fd, id, f); });
+        if (!facts) {
+          c.parked = std::make_unique<Conn::Parked>(Conn::Parked{std::string(req), policy_, t0});
+          ++parked_;
+          stats().discovery_parked.add();
+          break;
+        }
+      }
+    }
+    SocketmapReply r = answer_socketmap(*policy_, req, facts.get());
+    count(*policy_, r, uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
     c.keep_idle |= r.map == MapName::sendmail_access && r.known_map;
-    log_lookup(req, r);
+    log_lookup(*policy_, req, r);
     append_netstring(c.out, r.payload);
+  }
+  if (c.parked) {
+    c.partial_since = {};  // waiting for us, not for the client
+    return;
   }
   if (c.pending() > limits_.max_pending_output && c.in.buffered() > 0) c.backlog = true;
   if (st == NetstringReader::Status::error) {
@@ -296,13 +327,13 @@ bool SocketmapServer::send_output(Conn& c) {
 // it needs next: input while nothing waits, output while replies are pending
 // or held-back requests wait for room (writable = answer more next round).
 void SocketmapServer::settle(Conn& c) {
-  if (c.eof && !c.backlog && c.pending() == 0) {
+  if (c.eof && !c.backlog && !c.parked && c.pending() == 0) {
     close_conn(c);
     return;
   }
   uint32_t want = 0;
-  if (!c.eof && !c.backlog && c.pending() <= limits_.max_pending_output) want |= EPOLLIN;
-  if (c.pending() > 0 || c.backlog) want |= EPOLLOUT;
+  if (!c.eof && !c.backlog && !c.parked && c.pending() <= limits_.max_pending_output) want |= EPOLLIN;
+  if (c.pending() > 0 || (c.backlog && !c.parked)) want |= EPOLLOUT;
   if (want == c.events) return;
   c.events = want;
   epoll_event ev{};
@@ -312,7 +343,7 @@ void SocketmapServer::settle(Conn& c) {
 }
 
 // The metrics' view of one answer (policy/stats.hpp): relaxed atomic adds.
-void SocketmapServer::count(const SocketmapReply& r, uint64_t ns) {
+void SocketmapServer::count(const Snapshot& s, const SocketmapReply& r, uint64_t ns) {
   Stats& st = stats();
   if (!r.known_map) {
     st.unknown_map.add();
@@ -322,13 +353,36 @@ void SocketmapServer::count(const SocketmapReply& r, uint64_t ns) {
   char w = r.payload.empty() ? 'P' : r.payload[0];
   st.lookups[m][w == 'O' ? 0 : w == 'N' ? 1 : w == 'T' ? 2 : 3].add();
   st.latency[m].observe(ns);
-  if (r.answer.rule != kNone) policy_->rule_hits[r.answer.rule].add();
+  if (r.answer.rule != kNone) s.rule_hits[r.answer.rule].add();
+}
+
+// The facts a parked request waited for: answer it with the snapshot it
+// started with, then go on with the requests behind it. The connection may
+// have been closed meanwhile (looked up by fd and id: nothing to do then).
+void SocketmapServer::resume(int fd, uint32_t id, const FactsPtr& facts) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end() || it->second->id != id || !it->second->parked) return;
+  Conn& c = *it->second;
+  std::unique_ptr<Conn::Parked> p = std::move(c.parked);
+  --parked_;
+  SocketmapReply r = answer_socketmap(*p->snapshot, p->request, facts.get());
+  count(*p->snapshot, r, uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - p->since).count()));
+  c.keep_idle |= r.map == MapName::sendmail_access && r.known_map;
+  log_lookup(*p->snapshot, p->request, r);
+  append_netstring(c.out, r.payload);
+  answer(c);
+  if (!send_output(c)) return;
+  settle(c);
 }
 
 // Closes at once; the Conn itself lives until the end of the round.
 void SocketmapServer::close_conn(Conn& c) {
   auto it = conns_.find(c.fd);
   if (it == conns_.end() || it->second.get() != &c) return;  // already closed
+  if (c.parked) {  // its discovery's answer will find no connection
+    c.parked.reset();
+    --parked_;
+  }
   epoll_ctl(epfd_, EPOLL_CTL_DEL, c.fd, nullptr);
   ::close(c.fd);
   closed_.push_back(std::move(it->second));
@@ -344,7 +398,10 @@ void SocketmapServer::close_conn(Conn& c) {
 // life and its next lookup on a closed one fails (451) instead of
 // reconnecting.
 void SocketmapServer::sweep(Clock::time_point now) {
+  // A parked connection waits for us, not the client: never idle (its wait
+  // is bounded by discovery's deadline).
   auto expired = [&](const Conn& c) {
+    if (c.parked) return false;
     bool idle = !c.keep_idle && now - c.last_active > opt_.idle_timeout;
     bool slow = c.partial_since != Clock::time_point{} && now - c.partial_since > opt_.idle_timeout;
     return idle || slow;
@@ -390,7 +447,8 @@ void SocketmapServer::run_once(int timeout_ms) {
       if (listeners_.count(fd)) {
         accept_all(fd);
       } else if (auto w = watched_.find(fd); w != watched_.end()) {
-        w->second();
+        auto cb = w->second;  // the callback may unwatch its own descriptor
+        cb();
       }
       continue;
     }

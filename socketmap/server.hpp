@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "policy/facts.hpp"
 #include "policy/snapshot.hpp"
 #include "socketmap/netstring.hpp"
 #include "socketmap/responder.hpp"
@@ -35,6 +36,13 @@ struct ServerOptions {
   std::function<void(int, const std::string&)> log_lookup;
   std::function<void()> flush_log;
 };
+
+// Discovery as the server sees it (the daemon connects discovery/ to it):
+// the facts of a destination at once (cached, or failed fast), or nullptr
+// and `done(facts)` later, exactly once, from a callback of the loop (never
+// from inside the call).
+using FactsPtr = std::shared_ptr<const DestinationFacts>;
+using DiscoverFn = std::function<FactsPtr(const std::string& destination, std::function<void(FactsPtr)> done)>;
 
 class SocketmapServer {
  public:
@@ -63,11 +71,19 @@ class SocketmapServer {
   void add_listener(int fd);
   // Calls on_readable whenever fd is readable (signals, inotify, eventfd).
   void watch(int fd, std::function<void()> on_readable);
+  void unwatch(int fd);
   // Installs a snapshot; returns the one it replaces.
   std::shared_ptr<const Snapshot> set_policy(std::shared_ptr<const Snapshot> s) {
     policy_.swap(s);
     return s;
   }
+  // With discovery set, a request whose answer DNS facts could change
+  // (discovery_target() not empty) asks it; when the facts are not at hand
+  // the connection parks: it answers and reads nothing more (its pipelined
+  // requests keep their order) until they come, while every other
+  // connection is served. Unset (the default): static answers only.
+  void set_discovery(DiscoverFn d) { discover_ = std::move(d); }
+  size_t parked() const { return parked_; }
   void set_options(bool log_all, bool log_rules, int max_connections, std::chrono::seconds idle);
   void run();  // until stop()
   // One loop round: waits up to timeout_ms for events, handles them, then
@@ -105,14 +121,17 @@ class SocketmapServer {
   void sweep(std::chrono::steady_clock::time_point now);
   void pause_listeners(const std::string& why);
   void resume_listeners();
-  void log_lookup(std::string_view request, const SocketmapReply& r);
-  void count(const SocketmapReply& r, uint64_t ns);
+  void log_lookup(const Snapshot& s, std::string_view request, const SocketmapReply& r);
+  void count(const Snapshot& s, const SocketmapReply& r, uint64_t ns);
+  void resume(int fd, uint32_t id, const FactsPtr& facts);
 
   ServerOptions opt_;
   Limits limits_;
   int epfd_ = -1;
   bool running_ = false;
   std::shared_ptr<const Snapshot> policy_;
+  DiscoverFn discover_;
+  size_t parked_ = 0;
   std::unordered_map<int, std::unique_ptr<Conn>> conns_;
   // Connections closed this round: freed when the round ends, so no caller
   // up the stack can be left holding a freed Conn.

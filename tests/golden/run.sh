@@ -14,7 +14,8 @@ fail=0
 run_case() {  # name, command...
   ref=$1.ref; shift
   out=$("$@" 2>&1; echo "exit $?")
-  out=$(printf '%s\n' "$out" | sed -E 's/ in [0-9.]+ ms/ in N ms/')
+  # (the test directory's absolute path, e.g. in postconf's main.cf path, as ".")
+  out=$(printf '%s\n' "$out" | sed -E -e 's/ in [0-9.]+ ms/ in N ms/' -e "s|$(pwd)/|./|g")
   if [ "$update" = "--update" ]; then printf '%s\n' "$out" > "$ref"; return; fi
   if printf '%s\n' "$out" | diff -u "$ref" - ; then echo "ok   $ref"; else echo "FAIL $ref (diff above: - want, + got)"; fail=1; fi
 }

@@ -303,7 +303,7 @@ TEST_CASE("configuration and list files may start with a byte order mark") {
   CHECK(bad.errors[0].text() == dir + "/tlspolicy.conf:3: error: unknown setting \"defualt\" in the top level "
                                       "(known: default, subdomains, recipient_delimiter, transport, route, outbound, "
                                       "inbound, daemon, milter, sendmail_min_bits, allow_empty, on_failure, "
-                                      "bounce_transport)");
+                                      "bounce_transport, discovery)");
   auto syntax = testing::load_text("\xef\xbb\xbf" "default = \"may\";\noutbound = ( ;\n", {}, &dir);
   REQUIRE(syntax.errors.size() == 1);
   CHECK(syntax.errors[0].located().starts_with(dir + "/tlspolicy.conf:2: syntax error"));

@@ -1,0 +1,91 @@
+// Gathers what DNS says about one next-hop destination into
+// DestinationFacts (policy/facts.hpp): the MX set (or the implicit MX, or a
+// null MX), each host's A/AAAA, and, with DANE on and the MX set secure,
+// each host's TLSA records, each with its DNSSEC status. policy/maps.cpp
+// merges the facts with the admin's rules; this file only gathers.
+//
+// Asynchronous on the Resolver: a destination whose answers are all cached
+// completes inside discover() (no loop round trip: cache hits answer at
+// static-rule speed); else `done` runs later, from process(), exactly once.
+// Identical destinations in flight share one discovery; at most
+// max_outstanding run at once (beyond, they fail at once), and each has a
+// deadline (deadline_ms) after which it fails ("timeout").
+#pragma once
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "discovery/resolver.hpp"
+#include "policy/facts.hpp"
+#include "policy/snapshot.hpp"
+
+namespace tlspolicy {
+
+class Discoverer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Facts = std::shared_ptr<const DestinationFacts>;
+  using Done = std::function<void(const Facts&)>;
+
+  struct Counts {
+    uint64_t started = 0;      // discoveries that had to wait for DNS
+    uint64_t immediate = 0;    // answered inside discover() (cache, IP literal, overload)
+    uint64_t coalesced = 0;    // joined a discovery of the same destination in flight
+    uint64_t timeouts = 0;     // failed at the deadline
+    uint64_t overloaded = 0;   // refused beyond max_outstanding
+  };
+
+  static std::unique_ptr<Discoverer> create(const DiscoverySettings& s, std::string* error);
+  // Fails every discovery still running ("discovery stopped"): their `done`
+  // callbacks run from here.
+  ~Discoverer();
+  Discoverer(const Discoverer&) = delete;
+  Discoverer& operator=(const Discoverer&) = delete;
+
+  // The facts of `destination` ("partner.example", "[mx.example]",
+  // "[192.0.2.1]"): at once when known without waiting (then `done` is not
+  // called), else nullptr and `done(facts)` later.
+  Facts discover(const std::string& destination, Done done);
+
+  int fd() const { return epfd_; }  // readable: call process()
+  void process();
+  // Fails every discovery running now with `why` (their `done` run here).
+  void fail_all(const std::string& why);
+  size_t outstanding() const { return jobs_.size(); }
+  const Counts& counts() const { return counts_; }
+  Resolver& resolver() { return *resolver_; }
+  const DiscoverySettings& settings() const { return resolver_->settings(); }
+
+ private:
+  struct Job;
+  explicit Discoverer(std::unique_ptr<Resolver> r) : resolver_(std::move(r)) {}
+  void start(const std::shared_ptr<Job>& j);
+  void ask(const std::shared_ptr<Job>& j, const std::string& name, RrType type, size_t* slot);
+  void on_mx(const std::shared_ptr<Job>& j);
+  void ask_host(const std::shared_ptr<Job>& j, size_t host);
+  void answered(const std::shared_ptr<Job>& j);
+  void complete(const std::shared_ptr<Job>& j, const std::string& failure);
+  void arm_timer();
+
+  std::unique_ptr<Resolver> resolver_;
+  int epfd_ = -1, timer_fd_ = -1;
+  std::unordered_map<std::string, std::shared_ptr<Job>> jobs_;
+  std::deque<std::pair<Clock::time_point, std::weak_ptr<Job>>> deadlines_;  // in start order = deadline order
+  Counts counts_;
+};
+
+// Whether two settings make the same Discoverer (a reload that changes
+// none of these keeps the running one, and its cache).
+bool same_resolver_settings(const DiscoverySettings& a, const DiscoverySettings& b);
+// Facts that say only "failed: why" (no resolver, for instance).
+Discoverer::Facts failed_facts(const std::string& destination, const std::string& why);
+
+// discover() driven by a loop of its own (poll on fd()) until the facts
+// come: for `tlspolicy query` and the tests. The deadline bounds the wait.
+Discoverer::Facts discover_wait(Discoverer& d, const std::string& destination);
+
+}  // namespace tlspolicy

@@ -229,6 +229,11 @@ Resolver::Answer Resolver::cached(const std::string& name, RrType type) {
   return it->second.answer;
 }
 
+Resolver::Clock::time_point Resolver::expiry(const std::string& name, RrType type) const {
+  auto it = cache_.find(cache_key(name, type));
+  return it == cache_.end() ? Clock::now() : it->second.expires;
+}
+
 bool Resolver::resolve(const std::string& name, RrType type, Callback cb) {
   if (Answer a = cached(name, type)) {
     ++counts_.cache_hits;

@@ -56,7 +56,7 @@ size_t wire_name(const uint8_t* p, size_t n, std::string* out) {
   while (i < n) {
     size_t len = p[i++];
     if (len == 0) {
-      if (out->empty()) *out = ".";
+      if (out->empty()) out->push_back('.');  // (not = ".": GCC 12 -O3 -Wrestrict)
       return i;
     }
     if (len > 63 || i + len > n) return 0;

@@ -74,7 +74,49 @@ void Discoverer::fail_all(const std::string& why) {
   for (auto& [d, j] : jobs) complete(j, why);
 }
 
+Discoverer::Facts Discoverer::cached_facts(const std::string& destination) {
+  auto it = facts_.find(destination);
+  if (it == facts_.end()) return nullptr;
+  if (Clock::now() >= it->second.expires) {
+    facts_lru_.erase(it->second.lru);
+    facts_.erase(it);
+    return nullptr;
+  }
+  facts_lru_.splice(facts_lru_.begin(), facts_lru_, it->second.lru);
+  return it->second.facts;
+}
+
+// A completed discovery's facts, kept while every answer they rest on is
+// still in the resolver's cache (not when one was not cached at all: TTL 0).
+void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
+  size_t cap = settings().cache_entries;
+  if (cap == 0) return;
+  auto now = Clock::now();
+  auto expires = Clock::time_point::max();
+  for (auto& [name, type] : j->asked) expires = std::min(expires, resolver_->expiry(name, type));
+  if (expires <= now) return;
+  auto [e, fresh] = facts_.try_emplace(j->dest);
+  if (fresh) {
+    facts_lru_.push_front(j->dest);
+    e->second.lru = facts_lru_.begin();
+  } else {
+    facts_lru_.splice(facts_lru_.begin(), facts_lru_, e->second.lru);
+  }
+  e->second.facts = j->facts;
+  e->second.expires = expires;
+  while (facts_.size() > cap) {
+    facts_.erase(facts_lru_.back());
+    facts_lru_.pop_back();
+  }
+}
+
 Discoverer::Facts Discoverer::discover(const std::string& destination, Done done) {
+  if (Facts f = cached_facts(destination)) {
+    ++counts_.facts_hits;
+    ++counts_.immediate;
+    stats().dns_cache_hits.add();
+    return f;
+  }
   if (auto it = jobs_.find(destination); it != jobs_.end()) {
     ++counts_.coalesced;
     it->second->waiters.push_back(std::move(done));
@@ -262,6 +304,7 @@ void Discoverer::complete(const std::shared_ptr<Job>& j, const std::string& fail
         }
     }
   }
+  if (failure.empty()) cache_facts(j);
   auto it = jobs_.find(j->dest);
   if (it != jobs_.end() && it->second == j) {
     jobs_.erase(it);

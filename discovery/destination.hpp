@@ -37,6 +37,7 @@ class Discoverer {
     uint64_t coalesced = 0;    // joined a discovery of the same destination in flight
     uint64_t timeouts = 0;     // failed at the deadline
     uint64_t overloaded = 0;   // refused beyond max_outstanding
+    uint64_t facts_hits = 0;   // answered from the facts cache
   };
 
   static std::unique_ptr<Discoverer> create(const DiscoverySettings& s, std::string* error);
@@ -70,6 +71,19 @@ class Discoverer {
   void answered(const std::shared_ptr<Job>& j);
   void complete(const std::shared_ptr<Job>& j, const std::string& failure);
   void arm_timer();
+
+  // Completed destinations, until the first of their answers expires in
+  // the resolver's cache: a hit is one hash lookup, not five plus copies,
+  // so cache hits answer at static-rule speed. LRU-bounded by cache_entries.
+  struct Cached {
+    Facts facts;
+    Clock::time_point expires;
+    std::list<std::string>::iterator lru;
+  };
+  std::unordered_map<std::string, Cached> facts_;
+  std::list<std::string> facts_lru_;  // most recently used first
+  Facts cached_facts(const std::string& destination);
+  void cache_facts(const std::shared_ptr<Job>& j);
 
   std::unique_ptr<Resolver> resolver_;
   int epfd_ = -1, timer_fd_ = -1;

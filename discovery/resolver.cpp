@@ -56,7 +56,7 @@ size_t wire_name(const uint8_t* p, size_t n, std::string* out) {
   while (i < n) {
     size_t len = p[i++];
     if (len == 0) {
-      if (out->empty()) *out = ".";
+      if (out->empty()) out->push_back('.');  // (not = ".": GCC 12 -O3 -Wrestrict)
       return i;
     }
     if (len > 63 || i + len > n) return 0;
@@ -227,6 +227,11 @@ Resolver::Answer Resolver::cached(const std::string& name, RrType type) {
   }
   lru_.splice(lru_.begin(), lru_, it->second.lru);
   return it->second.answer;
+}
+
+Resolver::Clock::time_point Resolver::expiry(const std::string& name, RrType type) const {
+  auto it = cache_.find(cache_key(name, type));
+  return it == cache_.end() ? Clock::now() : it->second.expires;
 }
 
 bool Resolver::resolve(const std::string& name, RrType type, Callback cb) {

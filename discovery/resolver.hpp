@@ -61,6 +61,9 @@ class Resolver {
   // A cached, unexpired answer, or nullptr; counts nothing.
   Answer cached(const std::string& name, RrType type);
 
+  // When the cached answer for (name, type) expires; now when not cached.
+  Clock::time_point expiry(const std::string& name, RrType type) const;
+
   int fd() const { return epfd_; }
   // Delivers the answers that arrived and fails the queries past their
   // timeout. Returns at once when there is nothing to do.

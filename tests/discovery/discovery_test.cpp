@@ -174,6 +174,8 @@ TEST_CASE("cache: a second discovery is answered at once with no DNS query") {
   CHECK(!called);
   CHECK(summary(*again) == summary(*first));
   CHECK(d->resolver().counts().queries == q);
+  CHECK(d->counts().facts_hits == 1);  // the whole destination, one lookup
+  CHECK(again == d->discover("multi.plain.test", [&](auto&) { called = true; }));
 }
 
 TEST_CASE("negative answers are cached (NXDOMAIN, NODATA)") {

@@ -29,6 +29,39 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (auto m : {tlspolicy::MapName::tls_policy, tlspolicy::MapName::transport,
                      tlspolicy::MapName::sender_transport, tlspolicy::MapName::inbound})
         (void)tlspolicy::query(*r.snapshot, m, key, true);
+    // And merge with discovered facts: a failure, and a secure MX set
+    // whose hosts span every TLSA state.
+    using namespace tlspolicy;
+    static const DestinationFacts facts[] = {
+        [] {
+          DestinationFacts f;
+          f.destination = "partner.test";
+          f.failed = true;
+          f.error = "SERVFAIL";
+          return f;
+        }(),
+        [] {
+          DestinationFacts f;
+          f.destination = "partner.test";
+          f.mx_security = DnsSecurity::secure;
+          TlsaState states[] = {TlsaState::usable, TlsaState::unusable, TlsaState::failed, TlsaState::none};
+          const char* ips[] = {"10.1.2.3", "2001:db8::1", "192.0.2.1", "127.0.0.1"};
+          for (int i = 0; i < 4; ++i) {
+            MxHost h;
+            h.name = "mx" + std::to_string(i) + ".partner.test";
+            h.addrs.push_back(*parse_ip(ips[i]));
+            h.tlsa = states[i];
+            f.mx.push_back(h);
+          }
+          f.answers.push_back({"partner.test", "MX", DnsStatus::ok, DnsSecurity::secure, 300, {"10 mx0.partner.test"}, {}});
+          return f;
+        }(),
+    };
+    for (auto& f : facts) {
+      (void)discovery_target(*r.snapshot, MapName::tls_policy, "partner.test", true);
+      Answer a = query(*r.snapshot, MapName::tls_policy, "partner.test", true, &f);
+      (void)explain_text(*r.snapshot, MapName::tls_policy, "partner.test", a);
+    }
   } else if (r.errors.empty()) {
     __builtin_trap();  // no snapshot must mean at least one error
   }

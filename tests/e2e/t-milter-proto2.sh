@@ -11,6 +11,8 @@
 # under the open session is then held for DATA, which protocol 2 never
 # sends: it must still refuse the message (at end of message).
 # Checks:
+#   0. TLS facts without HELO and without a MAIL macro list (protocol 2):
+#      *@partner.test with STARTTLS -> 250 at MAIL, without -> 530.
 #   1. session opened under v1 (sender rule only), SIGHUP to v2 (adds
 #      legal@ours.test requires TLS), then without TLS MAIL, RCPT legal@,
 #      DATA, message: refused (5xx somewhere), nothing queued.
@@ -75,6 +77,19 @@ sink_start out 127.0.0.2 --starttls
 PF_MAIN_EXTRA="smtpd_milters = { inet:127.0.0.1:$MILTER_PORT, protocol=2, default_action=tempfail }
 milter_content_timeout = 5s"
 pf_start
+
+# 0. Protocol 2 has no macro list request: the TLS facts come only with the
+# HELO macros, which Postfix sends although the milter skips HELO.
+mail_reply() {  # mail_reply NAME: the reply to MAIL FROM in swaks transcript NAME
+    grep -A1 -E -- '^ [-~]> MAIL FROM' "$E2E_DIR/swaks-$1.log" | sed -n '2s/^<[-~*][* ] *//p'
+}
+timeout 40 swaks --server "127.0.0.1:$PF_PORT" --tls --from a@partner.test --to x@ours.test \
+    --quit-after RCPT --timeout 15 </dev/null >"$E2E_DIR/swaks-tls.log" 2>&1 || true
+expect_eq "0 protocol 2, STARTTLS: MAIL FROM partner" "$(mail_reply tls)" "250 2.1.0 Ok"
+timeout 40 swaks --server "127.0.0.1:$PF_PORT" --from a@partner.test --to x@ours.test \
+    --quit-after RCPT --timeout 15 </dev/null >"$E2E_DIR/swaks-plain.log" 2>&1 || true
+expect_eq "0 protocol 2, no TLS: MAIL FROM partner" "$(mail_reply plain)" \
+    "530 5.7.0 Must issue a STARTTLS command first"
 
 # The SMTP session: EHLO, wait for the reload, then one message without TLS.
 # Prints one line per reply: "mail CODE", "rcpt CODE", "data CODE", "end CODE".

@@ -114,7 +114,7 @@ EOF
 before=$(grep -c 'reloaded ' "$TD_LOG" || true)
 out=$(client "cp '$TD_DIR/next.conf' '$TD_CONF.tmp' && mv '$TD_CONF.tmp' '$TD_CONF' && kill -HUP $(e2e_daemon_pid tlspolicyd) &&
       for i in \$(seq 100); do [ \"\$(grep -c 'reloaded .*2 inbound rules' '$TD_LOG')\" -gt $before ] && exit 0; sleep 0.1; done; exit 1" 2>&1) || true
-echo "$out" | sed 's/^/# /'
+sed 's/^/# /' <<<"$out"
 check "1 reload seen by the daemon" grep -q 'reloaded .*2 inbound rules' "$TD_LOG"
 check "1 open session, mail to legal@ without TLS after the reload: refused" \
     grep -qE '^(rcpt|data|end) 5[0-9][0-9] ' <<<"$out"

@@ -282,6 +282,14 @@ sfsistat on_eoh(SMFICTX* ctx) {
 
 sfsistat on_eom(SMFICTX* ctx) {
   return call_replying(ctx, "eom", [&](Session& s, Mta& mta) {
+    // A decision held for DATA that no DATA took: an MTA speaking milter
+    // protocol 2 or 3 never sends DATA, and libmilter offers us the
+    // SMFIP_NR_* flags (faking the reply) whatever the MTA supports.
+    Verdict2 held = s.data(mta);
+    if (held != Verdict2::go_on) {
+      s.abort();
+      return status(held);
+    }
     s.end_of_message(mta);
     return SMFIS_CONTINUE;
   });

@@ -94,14 +94,27 @@ Verdict2 Session::rcpt(const std::string& rcpt_arg, Mta& mta) {
     return Verdict2::go_on;
   }
   Verdict v = check_inbound_recipient(*snap_, rcpt, sender_, tls_);
+  bool refused = v.matched && !v.pass && v.action != Action::monitor;
+  if (!refused) ++passed_rcpts_;
   if (!v.matched || v.pass) return Verdict2::go_on;
-  return enforce(v, reply_rcpt_, fmt::format("client={} from=<{}> to=<{}>", client_text_, sender_, rcpt), mta);
+  bool held_before = held_ != Verdict2::go_on;
+  Verdict2 r = enforce(v, reply_rcpt_, fmt::format("client={} from=<{}> to=<{}>", client_text_, sender_, rcpt), mta);
+  if (!held_before && held_ != Verdict2::go_on) held_at_rcpt_ = true;
+  return r;
 }
 
 Verdict2 Session::data(Mta& mta) {
   if (held_ == Verdict2::go_on) return Verdict2::go_on;
-  mta.set_reply(held_reply_);
   Verdict2 v = held_;
+  if (held_at_rcpt_ && passed_rcpts_ > 0) {
+    // Refusing the message refuses its other recipients too: a 5xx would
+    // bounce their mail, a 4xx has the client retry on a new connection,
+    // where the recipient rule refuses only its recipient, at RCPT.
+    v = Verdict2::tempfail;
+    mta.set_reply("451 4.7.1 a recipient of this message now requires TLS (policy reloaded): try again");
+  } else {
+    mta.set_reply(held_reply_);
+  }
   held_ = Verdict2::go_on;
   return v;
 }
@@ -165,6 +178,8 @@ void Session::abort() {
   forged_headers_ = 0;
   held_ = Verdict2::go_on;
   held_reply_.clear();
+  held_at_rcpt_ = false;
+  passed_rcpts_ = 0;
 }
 
 }  // namespace tlspolicy

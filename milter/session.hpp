@@ -68,6 +68,8 @@ class Session {
   int forged_headers_ = 0;
   Verdict2 held_ = Verdict2::go_on;  // see set_replies()
   std::string held_reply_;
+  bool held_at_rcpt_ = false;  // held_ came from a recipient...
+  int passed_rcpts_ = 0;       // ...and this many recipients were not refused
   bool reply_mail_ = true, reply_rcpt_ = true;
 };
 

@@ -312,3 +312,29 @@ TEST_CASE("a stop at a stage negotiated without a reply is held and applied at D
   CHECK(t.mail("<p@partner.test>", mta) == Verdict2::reject);
   CHECK(t.data(mta) == Verdict2::go_on);
 }
+
+TEST_CASE("a recipient stop held for DATA does not bounce the transaction's other recipients") {
+  // A reload added a recipient rule under a connection negotiated without a
+  // reply at RCPT: legal@ cannot be refused alone any more. Refusing the
+  // whole message with legal@'s 5xx at DATA makes the client bounce it for
+  // bob@ too, who has no rule. A 4xx lets it retry on a new connection,
+  // where legal@ is refused at RCPT and bob@ gets his mail.
+  Fixture f;
+  FakeMta mta;
+  Session s(f.holder);
+  s.set_replies(true, false);
+  s.connect(ip("198.51.100.1"), mta);
+  CHECK(s.mail("<x@else.test>", mta) == Verdict2::go_on);
+  CHECK(s.rcpt("<bob@ours.test>", mta) == Verdict2::go_on);
+  CHECK(s.rcpt("<legal@ours.test>", mta) == Verdict2::go_on);
+  CHECK(s.data(mta) == Verdict2::tempfail);
+  REQUIRE(mta.replies.size() == 1);
+  CHECK(mta.replies[0].starts_with("4"));
+  // Only legal@ in the transaction: refusing the message is refusing legal@.
+  FakeMta m2;
+  CHECK(s.mail("<x@else.test>", m2) == Verdict2::go_on);
+  CHECK(s.rcpt("<legal@ours.test>", m2) == Verdict2::go_on);
+  CHECK(s.data(m2) == Verdict2::reject);
+  REQUIRE(m2.replies.size() == 1);
+  CHECK(m2.replies[0].starts_with("550 5.7.1 <legal@ours.test>"));
+}

@@ -297,6 +297,9 @@ sfsistat on_eom(SMFICTX* ctx) {
 
 sfsistat on_abort(SMFICTX* ctx) {
   return call(ctx, "abort", 0, [&](Session& s, Mta&) {
+    // A failure held from this transaction's MAIL or RCPT ends with it: the
+    // next message on the connection (after RSET) is judged on its own.
+    conn(ctx).failed = false;
     s.abort();
     return SMFIS_CONTINUE;
   });

@@ -498,8 +498,11 @@ lfailed=$(sed -n 's/.*failed=\([0-9]*\).*/\1/p' <<<"$load")
 lreq=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$load")
 check "2 socketmap_load during the invalid reloads: $load (exit $lrc)" \
     test "${lfailed:-x}/$lrc" = "0/0" -a "${lreq:-0}" -gt 0
-# Order in the log: failed, reloaded, failed, reloaded.
-order=$(td_since "$off0" | grep -oE 'tlspolicyd: (error: )?(reload failed|reloaded)' | sed 's/tlspolicyd: //; s/error: //' | tr '\n' ',')
+# Order in the log: failed, reloaded, failed, reloaded. A repeat of the same
+# outcome is squeezed: on a loaded machine the 2 s stat backstop can notice
+# the restored file after inotify's reload did and load it once more (the
+# same policy, harmless); what must not happen is a failure left standing.
+order=$(td_since "$off0" | grep -oE 'tlspolicyd: (error: )?(reload failed|reloaded)' | sed 's/tlspolicyd: //; s/error: //' | uniq | tr '\n' ',')
 check "2 log order since the load started: ${order%,}" test "$order" = 'reload failed,reloaded,reload failed,reloaded,'
 nbad=$(grep -c '^bad' "$PROBE_OUT" || true)
 ngood=$(grep -c '^good' "$PROBE_OUT" || true)

@@ -146,7 +146,7 @@ class DaemonDiscovery {
       server_.set_discovery(nullptr);
       return true;
     }
-    server_.set_discovery([this](const std::string& dest, std::function<void(FactsPtr)> done) -> FactsPtr {
+    server_.set_discovery([this](const std::string& dest, DiscoverDone done) -> FactsPtr {
       if (!d_) return failed_facts(dest, "DNS resolver not available: " + error_);
       return d_->discover(dest, std::move(done));
     });

@@ -666,10 +666,12 @@ std::string_view tlsa_word(TlsaState t) {
   return "?";
 }
 
-Outcome discover(const Snapshot& s, const DestinationFacts& f) {
+// `why` (and the steps after the deciding one) only when explaining: the
+// socketmap answers every cache hit with this, tens of thousands a second,
+// and only `tlspolicy query --explain` reads them.
+Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
   Outcome o;
   const auto& ds = s.settings.discovery;
-  const std::string dest = printable(f.destination);
   // 1. Nothing known. A bogus MX answer is no answer: its data may be forged.
   if (f.failed || f.mx_security == DnsSecurity::bogus) {
     std::string reason = f.failed ? (f.error.empty() ? std::string("DNS lookup failed") : printable(f.error))
@@ -679,11 +681,12 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f) {
       o.kind = Outcome::temp;
       o.value = fmt::format("DNS lookup for {} failed ({}): deferred until the rules that depend on its MX hosts "
                             "can be checked",
-                            dest, reason);
-      o.why = fmt::format("DNS failed ({}), and an MX-aware rule (or DANE) with on_dns_failure = \"defer\" might "
+                            printable(f.destination), reason);
+      if (explain)
+        o.why = fmt::format("DNS failed ({}), and an MX-aware rule (or DANE) with on_dns_failure = \"defer\" might "
                           "apply: TEMP, Postfix defers and retries, nothing leaves in plaintext",
                           reason);
-    } else {
+    } else if (explain) {
       o.why = fmt::format("DNS failed ({}), and on_dns_failure = \"ignore\": answered as if no MX-aware rule "
                           "matched",
                           reason);
@@ -700,32 +703,38 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f) {
   // on a tie, the first in MX preference order.
   int best_rank = -1;
   bool unknown = false;  // a host whose addresses could not be looked up
-  auto consider = [&](const Hit& h, std::string via) {
+  // A step's `via` is made only when the step is kept: the deciding one
+  // (its via is the answer's), or every one when explaining.
+  auto consider = [&](const Hit& h, auto&& make_via) {
     uint32_t rule = s.entries[h.entry].rule;
-    Step st{rule, h.entry, h.kind, {}, h.prefix, std::move(via)};
     int r = rank(s.rules[rule].policy.level);
+    if (r <= best_rank && !explain) return;
+    Step st{rule, h.entry, h.kind, {}, h.prefix, make_via()};
     if (r > best_rank) {
       best_rank = r;
       o.rule = rule;
-      o.steps.insert(o.steps.begin(), std::move(st));
+      if (explain)
+        o.steps.insert(o.steps.begin(), std::move(st));
+      else
+        o.steps.assign(1, std::move(st));
     } else {
       o.steps.push_back(std::move(st));
     }
   };
   const char* kind = f.implicit_mx || f.literal ? "host" : "MX";
   for (auto& host : f.mx) {
-    std::string name = printable(host.name);
     s.mx_names.visit_domain(host.name, false, [&](const Hit& h) {
-      consider(h, fmt::format("{} {} is {}", kind, name, printable(s.text(h.entry))));
+      consider(h, [&] { return fmt::format("{} {} is {}", kind, printable(host.name), printable(s.text(h.entry))); });
       return true;
     });
     for (auto& ip : host.addrs)
       s.destinations.visit_ip(ip, [&](const Hit& h) {
-        auto ip_text = format_ip(ip);
-        consider(h, h.prefix == ip.bits()
-                        ? fmt::format("{} {} [{}]", kind, name, ip_text)
-                        : fmt::format("{} {} [{}] in {}", kind, name, ip_text,
-                                      printable(s.text(h.entry))));
+        consider(h, [&] {
+          auto ip_text = format_ip(ip);
+          return h.prefix == ip.bits() ? fmt::format("{} {} [{}]", kind, printable(host.name), ip_text)
+                                       : fmt::format("{} {} [{}] in {}", kind, printable(host.name), ip_text,
+                                                     printable(s.text(h.entry)));
+        });
         return true;
       });
     if (host.addr_failed && host.addrs.empty()) unknown = true;
@@ -734,7 +743,7 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f) {
     o.kind = Outcome::temp;
     o.value = fmt::format("DNS address lookup for an MX host of {} failed: deferred until the rules that depend "
                           "on its addresses can be checked",
-                          dest);
+                          printable(f.destination));
     o.why = "an MX host's addresses could not be looked up, and an MX-aware rule with on_dns_failure = \"defer\" "
             "might cover them: TEMP";
     return o;
@@ -791,7 +800,8 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f) {
     o.kind = Outcome::by_rule;
     o.value = s.rules[o.rule].policy.value();
     o.dane_note = d.dane_note;
-    o.why = fmt::format("an MX-aware entry matches{} (any matching MX host puts the whole next hop under its rule; "
+    if (explain)
+      o.why = fmt::format("an MX-aware entry matches{} (any matching MX host puts the whole next hop under its rule; "
                         "the strictest such rule wins)",
                         d.kind == Outcome::dane ? fmt::format(", and is at least as strict as DANE's {}", d.value)
                                                 : std::string());
@@ -823,7 +833,7 @@ std::string discovery_target(const Snapshot& s, MapName map, std::string_view ke
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain, const DestinationFacts* facts) {
   if (!facts || map != MapName::tls_policy || !s.needs_dns) return query(s, map, key, explain);
   Answer a = tls_policy(s, key, explain);
-  Outcome o = discover(s, *facts);
+  Outcome o = discover(s, *facts, explain);
   if (explain) {
     for (auto& r : facts->answers) a.discovery.push_back("dns: " + answer_line(r));
     if (!o.dane_note.empty()) a.discovery.push_back(o.dane_note);

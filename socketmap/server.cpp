@@ -264,7 +264,7 @@ void SocketmapServer::answer(Conn& c) {
     std::string_view key;
     if (discover_ && split_request(req, &map, &key)) {
       if (std::string target = discovery_target(*policy_, map, key); !target.empty()) {
-        facts = discover_(target, [this, fd = c.fd, id = c.id](FactsPtr f) { resume(fd, id, f); });
+        facts = discover_(target, [this, fd = c.fd, id = c.id](const FactsPtr& f) { resume(fd, id, f); });
         if (!facts) {
           c.parked = std::make_unique<Conn::Parked>(Conn::Parked{std::string(req), policy_, t0});
           ++parked_;

@@ -42,7 +42,10 @@ struct ServerOptions {
 // and `done(facts)` later, exactly once, from a callback of the loop (never
 // from inside the call).
 using FactsPtr = std::shared_ptr<const DestinationFacts>;
-using DiscoverFn = std::function<FactsPtr(const std::string& destination, std::function<void(FactsPtr)> done)>;
+// `done` has Discoverer::Done's exact type, so it is moved through, not
+// wrapped in a second std::function (an allocation per lookup).
+using DiscoverDone = std::function<void(const FactsPtr&)>;
+using DiscoverFn = std::function<FactsPtr(const std::string& destination, DiscoverDone done)>;
 
 class SocketmapServer {
  public:

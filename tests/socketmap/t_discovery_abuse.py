@@ -68,7 +68,8 @@ def main():
     d = tempfile.mkdtemp(prefix="tlspolicy-dabuse-")
     fx, env = t_parking.start_fixture(d)
     daemons = []
-    rule = ',\n  { name = "enc"; level = "encrypt"; to = [ "127.0.2.0/24" ]; }'
+    rule = (',\n  { name = "enc"; level = "encrypt"; to = [ "127.0.2.0/24" ]; }'
+            ',\n  { name = "hosted"; level = "verify"; to = [ "mx:MX1.Protect.Plain.TEST." ]; }')
     try:
         port = free_port()
         p = start(d, "aware", port, env, rule, "max_outstanding = 2;")
@@ -90,6 +91,9 @@ def main():
         for key in ("enc.plain.test", "ENC.Plain.TEST", "enc.plain.test.", "enc.plain.test:25",
                     "[mx.enc.plain.test]", "[MX.enc.plain.test]:587"):
             check(f"key {key!r}", Client(addr).ask("tls-policy " + key), "OK encrypt")
+
+        check("an mx: entry written in upper case with a trailing dot matches",
+              Client(addr).ask("tls-policy hosted.plain.test"), "OK verify")
 
         # A reload to a policy that needs no DNS while a request is parked.
         c = Client(addr, timeout=10)

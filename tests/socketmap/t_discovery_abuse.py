@@ -92,7 +92,8 @@ def main():
 
         # Messy keys answer like the clean one.
         for key in ("enc.plain.test", "ENC.Plain.TEST", "enc.plain.test.", "enc.plain.test:25",
-                    "[mx.enc.plain.test]", "[MX.enc.plain.test]:587"):
+                    "[mx.enc.plain.test]", "[MX.enc.plain.test]:587",
+                    "enc.plain.test:smtp", "[mx.enc.plain.test]:submission", "ENC.PLAIN.TEST.:25"):
             check(f"key {key!r}", Client(addr).ask("tls-policy " + key), "OK encrypt")
 
         check("an mx: entry written in upper case with a trailing dot matches",

@@ -289,3 +289,17 @@ TEST_CASE("discovery_target: which keys need DNS facts") {
   CHECK(snap->needs_dns);
   CHECK_FALSE(static_only.snapshot->needs_dns);
 }
+
+// Known gap: one MX host matches a weaker MX-aware rule while another
+// host's addresses are unknown (lookup failed) and might fall under a
+// stricter one: the weaker rule decides (encrypt here, where "bank" would
+// ask verify). Not plaintext, but less than a rule may require; the
+// stricter answer would need TEMP until the addresses are known.
+TEST_CASE("known gap: a matched weaker MX-aware rule beside a host with unknown addresses defers", "[!shouldfail]") {
+  auto plain = load("");
+  auto f = mx("mixed.example", {host("mx1.mixed.example", {"207.219.44.9"}), host("mx2.mixed.example", {}, TlsaState::none, 20)});
+  f.mx[1].addr_failed = true;
+  Answer a = query(*plain, MapName::tls_policy, "mixed.example", false, &f);
+  INFO("got " << a.value << (a.temp ? " (TEMP)" : ""));
+  CHECK(a.temp);
+}

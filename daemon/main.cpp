@@ -349,11 +349,14 @@ int main(int argc, char** argv) {
                             "only: restart to change them");
     server.set_options(nd.log_all_lookups, nd.log_rule_lookups, nd.max_connections,
                        std::chrono::seconds(nd.idle_timeout));
+    // The policy first: replacing the resolver resumes the requests parked
+    // on the old one, and the requests pipelined behind them are answered
+    // at once, with the server's policy: the new one, with the new resolver.
+    auto old = server.set_policy(r.snapshot);
     if (std::string err; !discovery.configure(*r.snapshot, &err))
       log_line(LOG_ERR, fmt::format("discovery: {}: DNS answers come from the previous settings' resolver, or, "
                                     "with none, lookups that need DNS fail (TEMP where the rules defer)",
                                     err));
-    auto old = server.set_policy(r.snapshot);
     if (metrics)
       metrics->publish(holder, r.snapshot, *old);
     else

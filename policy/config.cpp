@@ -876,15 +876,6 @@ bool valid_forwarder(std::string_view f) {
   return p > 0 && p < 65536;
 }
 
-bool loopback_forwarder(std::string_view f) {
-  auto ip = parse_ip(f.substr(0, f.rfind('@')));
-  if (!ip) return false;
-  if (!ip->v6) return ip->bytes[0] == 127;
-  for (int i = 0; i < 15; ++i)
-    if (ip->bytes[size_t(i)] != 0) return false;
-  return ip->bytes[15] == 1;
-}
-
 void Loader::read_discovery(const Setting& g) {
   check_keys(g, kDiscoveryKeys, "discovery");
   auto& d = snap_->settings.discovery;
@@ -955,8 +946,7 @@ void Loader::read_discovery(const Setting& g) {
       int err = errno;
       if (d.dane != DaneMode::off && !d.trust_forwarder_ad) {
         error(at, fmt::format("trust_anchor_file \"{}\": {}: DANE needs DNSSEC validation; install "
-                              "dns-root-data (Debian's /usr/share/dns/root.key), name a readable trust anchor, or "
-                              "validate in a local resolver and set forwarders and trust_forwarder_ad = true",
+                              "dns-root-data (Debian's /usr/share/dns/root.key) or name a readable trust anchor",
                               d.trust_anchor_file, std::strerror(err)));
       } else {
         reported = false;
@@ -971,20 +961,20 @@ void Loader::read_discovery(const Setting& g) {
       reported = false;
     }
   }
-  if (d.trust_forwarder_ad && d.forwarders.empty())
-    error(g["trust_forwarder_ad"], "trust_forwarder_ad = true needs forwarders (the validating resolver whose "
-                                   "AD bit is trusted)");
+  // tlspolicyd refuses it (discovery/resolver.cpp: libunbound renders
+  // answers from its own validation and drops a forwarder's AD bit), so
+  // check says so rather than OK for a configuration the daemon will not run.
+  if (d.trust_forwarder_ad) {
+    error(g["trust_forwarder_ad"], "trust_forwarder_ad = true is not supported: libunbound does not pass a "
+                                   "forwarder's AD bit through; give trust_anchor_file (the root's "
+                                   "/usr/share/dns/root.key, or your zones' DS/DNSKEY) so that tlspolicyd "
+                                   "validates the forwarder's answers itself");
+    d.trust_forwarder_ad = false;
+  }
   if (d.dane != DaneMode::off && d.trust_anchor_file.empty() && !d.trust_forwarder_ad && !reported)
-    error(g["dane"], fmt::format("dane = \"{}\" needs DNSSEC: a trust_anchor_file, or forwarders with "
-                                 "trust_forwarder_ad = true (trust_anchor_file = \"\" turns validation off)",
+    error(g["dane"], fmt::format("dane = \"{}\" needs DNSSEC: a trust_anchor_file (trust_anchor_file = \"\" "
+                                 "turns validation off)",
                                  g["dane"].c_str()));
-  if (d.trust_forwarder_ad && g.exists("forwarders"))
-    for (auto& it : strings(g["forwarders"]))
-      if (valid_forwarder(it.text) && !loopback_forwarder(it.text))
-        warn(it.file, it.line, fmt::format("forwarder \"{}\" is not on loopback, and trust_forwarder_ad = true "
-                                           "trusts its AD bit: anyone on the path can set it. Validate here "
-                                           "(trust_anchor_file) or use a validating resolver on this host",
-                                           it.text));
   if (d.deadline_ms < d.query_timeout_ms)
     warn(g, fmt::format("deadline ({} ms) is shorter than query_timeout ({} ms): a request would give up before "
                         "a slow DNS question does",

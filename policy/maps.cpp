@@ -737,7 +737,10 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
         });
         return true;
       });
-    if (host.addr_failed && host.addrs.empty()) unknown = true;
+    // Either family failing leaves addresses unknown, even when the other
+    // answered: an IPv4 range cannot be ruled out by the AAAA records alone,
+    // and Postfix, asking again, may get the A record and deliver there.
+    if (host.addr_failed) unknown = true;
   }
   if (o.rule == kNone && unknown && s.mx_aware_defers) {
     o.kind = Outcome::temp;

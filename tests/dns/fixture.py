@@ -52,7 +52,9 @@ CIDR 127.0.2.0/24, an address outside it):
     v6            MX 10 mx.v6; mx.v6 AAAA 2001:db8:25::1 only
     nullmx        MX 0 .
     dangling      MX 10 missing.plain.test.
-  servfail.test   every name answers SERVFAIL (fast)
+    halfv4        MX 10 aaaaonly.servfail.test.        (its A fails, its AAAA answers)
+  servfail.test   every name answers SERVFAIL (fast), except AAAA of a name
+                  whose first label starts with "aaaaonly": 2001:db8:25::4
   slow.test       answers after --slow-ms (default 400) ms, TTL 0 so every
                   query is slow; a first label "<N>ms" (e.g.
                   1200ms.slow.test) waits N ms instead. Names: any
@@ -187,6 +189,7 @@ def zone_records(a, good, bad, bulk, ports):
         "v6 MX 10 mx.v6", "mx.v6 AAAA 2001:db8:25::1",
         "nullmx MX 0 .",
         "dangling MX 10 missing.plain.test.",
+        "halfv4 MX 10 aaaaonly.servfail.test.",
     ]
     if bulk:
         z["bulk.test"] = ["mx A " + opn] + ["d%d MX 10 mx" % i for i in range(bulk)]
@@ -272,6 +275,11 @@ class Mini:
             return r.to_wire(), 0
         qn, qt = q.question[0].name, q.question[0].rdtype
         if qn.is_subdomain(self.servfail):
+            first = qn.relativize(self.servfail).labels
+            if qt == dns.rdatatype.AAAA and first and first[0].lower().startswith(b"aaaaonly"):
+                r.flags |= dns.flags.AA
+                r.answer.append(dns.rrset.from_text(qn, 0, "IN", "AAAA", "2001:db8:25::4"))
+                return r.to_wire(), 0
             r.set_rcode(dns.rcode.SERVFAIL)
             return r.to_wire(), 0
         if qn.is_subdomain(self.slow):

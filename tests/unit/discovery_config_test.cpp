@@ -56,7 +56,11 @@ TEST_CASE("discovery configuration errors name file, line and the fix") {
       {"default = \"may\"; discovery = { on_dns_failure = \"retry\"; };", {},
        "on_dns_failure = \"retry\": use \"defer\""},
       {"default = \"may\"; discovery = { trust_forwarder_ad = true; };", {},
-       "trust_forwarder_ad = true needs forwarders"},
+       "trust_forwarder_ad = true is not supported"},
+      // tlspolicyd refuses it (libunbound drops the forwarder's AD bit):
+      // check must not call OK a configuration the daemon will not start with.
+      {"default = \"may\";\ndiscovery = { forwarders = \"127.0.0.1@5353\";\n trust_forwarder_ad = true; };", {},
+       "tlspolicy.conf:3: error: trust_forwarder_ad = true is not supported"},
       {"default = \"may\"; discovery = { dane = \"dane\"; trust_anchor_file = \"\"; };", {},
        "dane = \"dane\" needs DNSSEC"},
       {"default = \"may\";\ndiscovery = { dane = \"dane-only\";\n trust_anchor_file = \"/nonexistent/root.key\"; };",

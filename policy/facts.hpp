@@ -52,6 +52,37 @@ struct MxHost {
   TlsaState tlsa = TlsaState::none;
 };
 
+// MTA-STS (RFC 8461) for one next-hop domain, as discovery found it: the
+// _mta-sts TXT record, the policy fetched over HTTPS or kept in the
+// persistent cache, and what it means for Postfix. Filled by discovery/
+// (the TXT lookup, the fetch, the cache, RFC 8461 section 5's rules);
+// policy/maps.cpp merges it with DANE and the admin's rules.
+enum class StsMode { none, testing, enforce };
+struct StsFacts {
+  // MTA-STS is on and the next hop is a domain (not "[host]"): the rest
+  // means something. False: MTA-STS was not asked.
+  bool asked = false;
+  // A policy applies: enforce (answer set) or testing (no enforcement,
+  // reported as "would enforce"). False: no TXT record and nothing cached,
+  // a "none" policy, or nothing could be fetched and nothing is cached
+  // (RFC 8461 section 5: deliver as if the domain had no MTA-STS).
+  bool in_force = false;
+  StsMode mode = StsMode::none;
+  std::string id;                // the policy's id (the TXT record's when it was fetched)
+  std::vector<std::string> mx;   // the policy's mx patterns, as written ("mail.example", "*.example")
+  int64_t max_age = 0;           // seconds, from the policy
+  int64_t expires = 0;           // unix time the (cached) policy expires
+  // enforce: Postfix's answer, "secure match=mail.example:.example
+  // servername=hostname" (with the 3.10 TLSRPT attributes when configured).
+  std::string answer;
+  // For --explain and the log, one line each: where the policy came from
+  // ("fetched https://mta-sts.partner.example/.well-known/mta-sts.txt",
+  // "cache (id 2026...; TXT id unchanged)", "cache: the refetch failed
+  // (HTTP 404); kept until it expires") and why there is none, if none.
+  std::string source;
+  std::string note;
+};
+
 struct DestinationFacts {
   std::string destination;  // the next hop as asked: "partner.example" or "[mx.example]"
   bool literal = false;     // "[host]" or "[ip]": no MX lookup, host itself
@@ -63,6 +94,7 @@ struct DestinationFacts {
   bool null_mx = false;     // "MX 0 ." (RFC 7505): the domain accepts no mail
   DnsSecurity mx_security = DnsSecurity::insecure;
   std::vector<MxHost> mx;   // by preference
+  StsFacts sts;             // MTA-STS, when asked
   // Every DNS answer used, in the order asked, for --explain.
   std::vector<DnsRecordSet> answers;
 };

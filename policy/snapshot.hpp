@@ -49,6 +49,11 @@ struct Rule {
   // Has MX-aware destination entries: IP/CIDR (when a discovery block is
   // configured) or mx: host names. Set while loading.
   bool mx_aware = false;
+  // override = true: this rule's answer for the names it lists wins over
+  // discovered DANE and MTA-STS even when weaker (an exception for a
+  // partner whose DANE or MTA-STS is broken). Without it, where a rule and
+  // a discovered policy both apply, the stricter wins. `check` lists them.
+  bool override_discovery = false;
   bool has_to = false, has_from = false;  // destination / sender entries (for tlspolicy postfix-config)
   // inbound
   bool require_tls = true;
@@ -60,6 +65,7 @@ struct Rule {
   bool same_effect(const Rule& o) const {
     return direction == o.direction && policy == o.policy && transport == o.transport &&
            on_failure == o.on_failure && dns_failure_defers == o.dns_failure_defers &&
+           override_discovery == o.override_discovery &&
            require_tls == o.require_tls && min_bits == o.min_bits &&
            min_protocol == o.min_protocol && action == o.action && reply == o.reply;
   }
@@ -104,6 +110,26 @@ enum class Route { stricter, enforced };
 // configuration asks for it (an MX-aware entry, or dane != off), so a static
 // policy never sends a DNS query.
 enum class DaneMode { off, dane, dane_only };
+// The discovered sources, in the order they are asked: the first with an
+// answer is "the discovered policy" (RFC 8461 section 2: DANE first).
+enum class DiscoveredSource { dane, mta_sts };
+
+// discovery = { mta_sts = { ... }; }: MTA-STS (RFC 8461), off unless present.
+struct MtaStsSettings {
+  bool enabled = false;
+  std::string ca_file;  // "" = the system CA store (libcurl's built-in path)
+  // The persistent policy cache (SQLite), kept across restarts: RFC 8461
+  // asks senders to keep a policy until max_age.
+  std::string cache_file = "/var/lib/tlspolicy/mta-sts.sqlite";
+  size_t cache_entries = 100000;   // policies kept (LRU beyond)
+  int connect_timeout_ms = 10000;
+  int fetch_timeout_ms = 60000;    // per fetch (RFC 8461 3.3 suggests a minute)
+  size_t max_size = 64 * 1024;     // policy file size limit
+  size_t max_fetches = 1024;       // distinct domains fetched at once
+  bool tlsrpt = false;             // add Postfix 3.10's TLSRPT attributes to the answer
+  // Tests only: "mta-sts.a.test:443:127.0.0.1:4443" (CURLOPT_CONNECT_TO).
+  std::vector<std::string> connect_to;
+};
 std::string_view dane_mode_name(DaneMode m);  // "off", "dane", "dane-only"
 struct DiscoverySettings {
   // A discovery = { ... }; block is present. Without one, nothing is
@@ -131,6 +157,10 @@ struct DiscoverySettings {
   // (TEMP; nothing leaves in plaintext) or go on as if no rule matched.
   // Per rule too (Rule::dns_failure_defers).
   bool dns_failure_defers = true;
+  MtaStsSettings mta_sts;
+  // prefer = "dane" (default) | "mta-sts": which discovered source is asked
+  // first. Switch one off with dane = "off" or no mta_sts block.
+  std::vector<DiscoveredSource> order{DiscoveredSource::dane, DiscoveredSource::mta_sts};
 };
 
 

@@ -120,7 +120,7 @@ struct MtaStsSettings {
   std::string ca_file;  // "" = the system CA store (libcurl's built-in path)
   // The persistent policy cache (SQLite), kept across restarts: RFC 8461
   // asks senders to keep a policy until max_age.
-  std::string cache_file = "/var/lib/tlspolicy/mta-sts.sqlite";
+  std::string cache_file = "/var/lib/tlspolicy/mta-sts.db";
   size_t cache_entries = 100000;   // policies kept (LRU beyond)
   int connect_timeout_ms = 10000;
   int fetch_timeout_ms = 60000;    // per fetch (RFC 8461 3.3 suggests a minute)

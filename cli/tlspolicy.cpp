@@ -550,11 +550,12 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "tlspolicy: {}", body);
         return 2;
       }
-      any |= head == "OK";
+      any |= head == "OK" || head == "TEMP";
+      std::string temp = head == "TEMP" && !explain ? "TEMP " : "";
       if (explain || keys.size() == 1)
-        fmt::print("{}", body);
-      else if (head == "OK")
-        fmt::print("{}\t{}", k, body);
+        fmt::print("{}{}", temp, body);
+      else if (head == "OK" || head == "TEMP")
+        fmt::print("{}\t{}{}", k, temp, body);
     }
     return any ? 0 : 1;
   }

@@ -125,8 +125,13 @@ void ControlServer::serve_one(int fd) {
       } else {
         auto snap = holder_->load();
         std::string key = rest.substr(sp2 + 1);
-        Answer a = query(*snap, *map, key, cmd == "explain");
-        reply = a.found ? "OK\n" : "NOTFOUND\n";
+        bool explain = cmd == "explain";
+        std::shared_ptr<const DestinationFacts> facts;
+        if (hooks_.discover)
+          if (std::string target = discovery_target(*snap, *map, key, explain); !target.empty())
+            facts = hooks_.discover(target);
+        Answer a = facts ? query(*snap, *map, key, explain, facts.get()) : query(*snap, *map, key, explain);
+        reply = a.temp ? "TEMP\n" : a.found ? "OK\n" : "NOTFOUND\n";
         reply += cmd == "explain" ? explain_text(*snap, *map, key, a) : (a.found ? a.value + "\n" : "");
       }
     } else {

@@ -5,7 +5,9 @@
 //
 // Protocol: one request line, one reply, then the daemon closes. Requests:
 // "status", "reload", "reload force", "query MAP KEY" and "explain MAP KEY".
-// The reply's first line is "OK", "NOTFOUND" or "ERROR", the rest is text.
+// The reply's first line is "OK", "NOTFOUND", "TEMP" or "ERROR", the rest is
+// text. query and explain answer as the socketmap does, discovery included
+// (the daemon's DNS cache and resolver): what Postfix is told.
 // Served by one thread of its own with blocking I/O and timeouts: requests
 // are rare and small, and lookups never wait for it.
 #pragma once
@@ -14,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "policy/facts.hpp"
 #include "policy/holder.hpp"
 
 namespace tlspolicy {
@@ -25,6 +28,11 @@ class ControlServer {
     std::function<std::string()> status;
     // Starts a reload on the event loop and returns its outcome (blocks).
     std::function<std::pair<bool, std::string>(bool forced)> reload;
+    // The DNS facts of a destination from the daemon's own discovery (its
+    // cache, its resolver), run on the event loop; blocks until they come
+    // (at most the discovery deadline). Unset: query and explain answer
+    // from the static policy alone.
+    std::function<std::shared_ptr<const DestinationFacts>(const std::string& destination)> discover;
   };
   // Binds the socket (before privileges are dropped), owned by uid/gid, mode
   // 0600. Returns false with *error set on failure.

@@ -170,6 +170,16 @@ class DaemonDiscovery {
   }
   SocketmapServer& server_;
   std::unique_ptr<Discoverer> d_;
+
+ public:
+  // For the control socket's query and explain (on the loop): the same
+  // discoverer, cache and failure as the socketmap's requests.
+  FactsPtr discover(const std::string& dest, DiscoverDone done) {
+    if (!d_) return failed_facts(dest, error_.empty() ? std::string("DNS discovery is off") : "DNS resolver not available: " + error_);
+    return d_->discover(dest, std::move(done));
+  }
+
+ private:
   std::string error_;
 };
 
@@ -373,29 +383,32 @@ int main(int argc, char** argv) {
   server.watch(reloader.done_fd(), [&] { reloader.on_done(); });
   if (reloader.inotify_fd() >= 0) server.watch(reloader.inotify_fd(), [&] { reloader.on_inotify(); });
   if (reloader.timer_fd() >= 0) server.watch(reloader.timer_fd(), [&] { reloader.on_timer(); });
-  // The control socket's requests: status is read under a lock; a reload is
-  // handed to the event loop through an eventfd, its outcome comes back
-  // through a promise.
-  struct ReloadAsk {
-    bool forced;
-    std::promise<std::pair<bool, std::string>> done;
-  };
+  // The control socket's requests: status is read under a lock; a reload
+  // or a discovery is handed to the event loop (which owns the reloader and
+  // the discoverer) through an eventfd, its outcome comes back through a
+  // promise.
   std::mutex asks_mutex;
-  std::vector<std::shared_ptr<ReloadAsk>> asks;
+  std::vector<std::function<void()>> asks;
   std::atomic<bool> stopping{false};
   int ask_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   server.watch(ask_fd, [&] {
     uint64_t v;
     (void)!::read(ask_fd, &v, sizeof v);
-    std::vector<std::shared_ptr<ReloadAsk>> taken;
+    std::vector<std::function<void()>> taken;
     {
       std::lock_guard lock(asks_mutex);
       taken.swap(asks);
     }
-    for (auto& a : taken)
-      reloader.request(a->forced ? "tlspolicy reload --force (the shrink guard does not apply)" : "tlspolicy reload",
-                       a->forced, [a](bool ok, const std::string& text) { a->done.set_value({ok, text}); });
+    for (auto& a : taken) a();
   });
+  auto ask_loop = [&](std::function<void()> task) {
+    {
+      std::lock_guard lock(asks_mutex);
+      asks.push_back(std::move(task));
+    }
+    uint64_t one = 1;
+    (void)!::write(ask_fd, &one, sizeof one);
+  };
   auto started_at = ::time(nullptr);
   ControlServer::Hooks hooks;
   hooks.status = [&]() -> std::string {
@@ -430,20 +443,34 @@ int main(int argc, char** argv) {
     return out;
   };
   hooks.reload = [&](bool forced) -> std::pair<bool, std::string> {
-    auto a = std::make_shared<ReloadAsk>();
-    a->forced = forced;
-    auto f = a->done.get_future();
-    {
-      std::lock_guard lock(asks_mutex);
-      asks.push_back(a);
-    }
-    uint64_t one = 1;
-    (void)!::write(ask_fd, &one, sizeof one);
+    auto done = std::make_shared<std::promise<std::pair<bool, std::string>>>();
+    auto f = done->get_future();
+    ask_loop([&reloader, forced, done] {
+      reloader.request(forced ? "tlspolicy reload --force (the shrink guard does not apply)" : "tlspolicy reload",
+                       forced, [done](bool ok, const std::string& text) { done->set_value({ok, text}); });
+    });
     for (int i = 0; i < 1200; ++i) {  // two minutes: a 1M-rule list loads in one second
       if (f.wait_for(std::chrono::milliseconds(100)) == std::future_status::ready) return f.get();
       if (stopping) break;
     }
     return {false, "no outcome: the daemon is stopping or the reload takes too long\n"};
+  };
+  hooks.discover = [&](const std::string& dest) -> FactsPtr {
+    auto done = std::make_shared<std::promise<FactsPtr>>();
+    auto f = done->get_future();
+    ask_loop([&discovery, dest, done] {
+      if (auto facts = discovery.discover(dest, [done](const FactsPtr& x) { done->set_value(x); }))
+        done->set_value(facts);
+    });
+    // The discoverer's own deadline bounds the wait; this only guards
+    // against a loop that has stopped.
+    auto snap = holder.load();
+    int ms = snap ? snap->settings.discovery.deadline_ms + 2000 : 2000;
+    for (int waited = 0; waited < ms; waited += 100) {
+      if (f.wait_for(std::chrono::milliseconds(100)) == std::future_status::ready) return f.get();
+      if (stopping) break;
+    }
+    return failed_facts(dest, "no answer from the daemon's discovery in time");
   };
   control.start(holder, std::move(hooks));
   server.watch(sigfd, [&] {

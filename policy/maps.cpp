@@ -1051,8 +1051,8 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
       if (!order.empty()) order += ", then ";
       order += source_name(src);
     }
-    lines.push_back(disc ? fmt::format("discovered policy: {} ({} first)", disc_words(), order)
-                         : fmt::format("discovered policy: none ({} first)", order));
+    lines.push_back(disc ? fmt::format("discovered policy: {} (asked in order: {})", disc_words(), order)
+                         : fmt::format("discovered policy: none (asked in order: {})", order));
   }
 
   Answer d;

@@ -336,7 +336,10 @@ StsFacts sts(StsMode mode, std::vector<std::string> patterns = {"mail.partner.te
   if (mode == StsMode::enforce) {
     s.answer = "secure match=";
     for (size_t i = 0; i < s.mx.size(); ++i)
-      s.answer += (i ? ":" : "") + (s.mx[i].starts_with("*.") ? s.mx[i].substr(1) : s.mx[i]);
+    {
+      if (i) s.answer += ':';
+      s.answer += s.mx[i].starts_with("*.") ? std::string_view(s.mx[i]).substr(1) : std::string_view(s.mx[i]);
+    }
     s.answer += " servername=hostname";
   }
   if (mode == StsMode::none) s.note = "no _mta-sts TXT record";

@@ -303,10 +303,13 @@ void check_discovery(const Snapshot& s, const std::string& postconf_dir, bool ve
                r.dns_failure_defers ? "defer (TEMP)" : "ignore");
   }
   if (verbose && s.needs_dns)
-    fmt::print("note: discovery asks {}\n",
+    fmt::print("note: discovery asks {}; DNSSEC: {}\n",
                d.forwarders.empty() ? std::string("the root servers itself (full recursion: tlspolicyd needs DNS "
                                                   "out to the Internet)")
-                                    : fmt::format("{}", fmt::join(d.forwarders, ", ")));
+                                    : fmt::format("{}", fmt::join(d.forwarders, ", ")),
+               d.trust_forwarder_ad          ? std::string("the forwarders' AD bit is trusted (trust_forwarder_ad)")
+               : d.trust_anchor_file.empty() ? std::string("not validated (no trust anchor): nothing is secure")
+                                             : fmt::format("validated here with {}", d.trust_anchor_file));
   if (d.dane == DaneMode::off) return;
   std::string why;
   auto got = postconf(postconf_dir, {"config_directory", "smtp_dns_support_level"}, &why);

@@ -15,8 +15,9 @@ the force-encrypt rule to 127.0.2.0/24:
      answers, as Postfix does).
 
 Then `tlspolicy check` accepts V's configuration, warns about a forwarder
-off loopback and refuses one without forwarders, and `tlspolicy query -c V`
-answers what the socketmap answers. "ok - " / "FAIL - " lines; exit 1 on a
+off loopback and refuses one without forwarders, `tlspolicy query -c V`
+answers what the socketmap answers, and `tlspolicy query -c V -` (keys on
+stdin) discovers like `query KEY` (--no-dns: static only). "ok - " / "FAIL - " lines; exit 1 on a
 failed check.
 """
 
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -135,6 +137,32 @@ def main():
             else:
                 td.fail("tlspolicy query %s: %r (exit %d, %s), socketmap %r"
                         % (key, q, p.returncode, p.stderr.strip()[:200], sm))
+        # `tlspolicy query -`: the same discovery, keys from stdin, several
+        # at once (a slow one among them), answers in input order.
+        keys = ["dane.dnssec.test", "300ms.slow.test", "enc.plain.test", "static.example",
+                "bogus.test", "open.plain.test", "dane.dnssec.test", "[127.0.2.25]"]
+        want = []
+        for key in keys:
+            p = subprocess.run([CLI, "query", "-c", os.path.join(tmp, "v.conf"), key],
+                               capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            if p.stdout.strip():
+                want.append("%s\t%s" % (key, p.stdout.strip()))
+        t0 = time.monotonic()
+        p = subprocess.run([CLI, "query", "-c", os.path.join(tmp, "v.conf"), "-"], input="\n".join(keys) + "\n",
+                           capture_output=True, text=True, timeout=30)
+        took = time.monotonic() - t0
+        got = p.stdout.strip().split("\n")
+        if got == want and p.returncode == 0 and any("dane-only" in g for g in got):
+            td.ok("tlspolicy query - discovers like query KEY, in input order (%d answers, %.2f s)"
+                  % (len(got), took))
+        else:
+            td.fail("tlspolicy query -: exit %d, got %r, want %r (%s)" % (p.returncode, got, want, p.stderr[:300]))
+        p = subprocess.run([CLI, "query", "--no-dns", "-c", os.path.join(tmp, "v.conf"), "-"],
+                           input="dane.dnssec.test\nenc.plain.test\n", capture_output=True, text=True, timeout=30)
+        if p.stdout == "dane.dnssec.test\tmay\nenc.plain.test\tmay\n" and p.returncode == 0:
+            td.ok("tlspolicy query --no-dns -: the static policy alone (the default, no DANE, no MX rule)")
+        else:
+            td.fail("tlspolicy query --no-dns -: exit %d, %r" % (p.returncode, p.stdout))
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -503,6 +503,14 @@ TEST_CASE("trust_forwarder_ad: cache, coalescing and the query timeout are the s
   CHECK(r->counts().queries == q + 2);
 }
 
+TEST_CASE("trust_forwarder_ad: a dead first forwarder, the next one answers") {
+  // Port 1 on 127.0.0.9: nothing listens (ICMP port unreachable at once).
+  auto s = trusted_forwarder("127.0.0.9@1");
+  s.forwarders.push_back(env("DNS_FORWARDER"));
+  auto r = make_resolver(s);
+  CHECK(answer_line(resolve_wait(*r, "dane.dnssec.test", RrType::MX)) == "ok secure |10 mx.dane.dnssec.test");
+}
+
 TEST_CASE("trust_forwarder_ad: impossible combinations are refused at creation") {
   std::string err;
   auto s = trusted_forwarder(env("DNS_FORWARDER"));
@@ -516,4 +524,10 @@ TEST_CASE("trust_forwarder_ad: impossible combinations are refused at creation")
   s = trusted_forwarder("resolver.example");
   CHECK(!Resolver::create(s, &err));
   CHECK(err.find("not IP[@PORT]") != std::string::npos);
+  // IPv6 and port-less forwarders are taken (c-ares's "[::1]:5353" syntax).
+  s = trusted_forwarder("::1@5353");
+  s.forwarders.push_back("127.0.0.1");
+  err.clear();
+  CHECK(Resolver::create(s, &err));
+  CHECK(err.empty());
 }

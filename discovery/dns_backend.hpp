@@ -58,6 +58,12 @@ size_t wire_name(const uint8_t* p, size_t n, std::string* out);
 // -1 when it has no SOA.
 long negative_ttl(const uint8_t* p, size_t n);
 std::string_view rcode_name(int rcode);
+// The answer to (qname, qtype) in a forwarder's reply packet (the trusted-
+// forwarder backend): secure when its AD bit is set, CNAMEs followed, a
+// SERVFAIL or malformed packet failed; *keep is how long to cache it.
+// Pure, so fuzz/dns_reply_fuzz.cpp can feed it hostile packets.
+Resolver::Answer reply_answer(const std::string& qname, RrType qtype, const uint8_t* reply, size_t len,
+                              const DiscoverySettings& settings, Resolver::Clock::duration* keep);
 }  // namespace dns
 
 }  // namespace tlspolicy

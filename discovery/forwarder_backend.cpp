@@ -118,8 +118,6 @@ class ForwarderBackend final : public DnsBackend {
   };
   static void on_socket(void* data, ares_socket_t s, int readable, int writable);
   static void on_answer(void* arg, int status, int timeouts, unsigned char* abuf, int alen);
-  Resolver::Answer make_answer(const Query& q, int status, const unsigned char* abuf, int alen,
-                               Clock::duration* keep) const;
   void arm_timer();
 
   DiscoverySettings settings_;
@@ -260,7 +258,20 @@ void ForwarderBackend::on_answer(void* arg, int status, int timeouts, unsigned c
   self->queries_.erase(it);
   if (auto k = self->by_key_.find(q.key); k != self->by_key_.end() && k->second == t->token) self->by_key_.erase(k);
   Clock::duration keep{};
-  Resolver::Answer a = self->make_answer(q, status, abuf, alen, &keep);
+  Resolver::Answer a;
+  if (status != ARES_SUCCESS || !abuf) {
+    auto f = std::make_shared<DnsRecordSet>();
+    f->name = q.name;
+    f->type = rr_type_name(q.type);
+    if (status == ARES_EREFUSED)
+      f->error = "REFUSED by the forwarders";
+    else
+      f->error = fmt::format("forwarders: {}", ares_strerror(status));
+    keep = std::chrono::seconds(self->settings_.failure_ttl);
+    a = std::move(f);
+  } else {
+    a = dns::reply_answer(q.name, q.type, abuf, size_t(std::max(0, alen)), self->settings_, &keep);
+  }
   self->deliver_(q.key, std::move(a), keep);
 }
 
@@ -293,30 +304,24 @@ void ForwarderBackend::arm_timer() {
   timerfd_settime(tfd_, 0, &its, nullptr);
 }
 
-Resolver::Answer ForwarderBackend::make_answer(const Query& q, int status, const unsigned char* abuf, int alen,
-                                               Clock::duration* keep) const {
+}  // namespace
+
+namespace dns {
+
+Resolver::Answer reply_answer(const std::string& qname, RrType qtype, const uint8_t* abuf, size_t alen,
+                              const DiscoverySettings& settings, Resolver::Clock::duration* keep) {
   auto a = std::make_shared<DnsRecordSet>();
-  a->name = q.name;
-  a->type = rr_type_name(q.type);
-  auto failure = std::chrono::seconds(settings_.failure_ttl);
-  *keep = failure;
-  if (status != ARES_SUCCESS || !abuf) {
-    if (status == ARES_ESERVFAIL)
-      a->error = "SERVFAIL from the forwarders (a validating resolver's answer for bogus data, or its failure)";
-    else if (status == ARES_EREFUSED)
-      a->error = "REFUSED by the forwarders";
-    else
-      a->error = fmt::format("forwarders: {}", ares_strerror(status));
-    return a;
-  }
+  a->name = qname;
+  a->type = rr_type_name(qtype);
+  *keep = std::chrono::seconds(settings.failure_ttl);
   ns_msg msg;
-  if (ns_initparse(abuf, alen, &msg) < 0) {
+  if (alen > 65535 || ns_initparse(abuf, int(alen), &msg) < 0) {
     a->error = "malformed reply from the forwarder";
     return a;
   }
   int rcode = ns_msg_getflag(msg, ns_f_rcode);
   if (rcode != ns_r_noerror && rcode != ns_r_nxdomain) {
-    a->error = fmt::format("{} (rcode {}) from the forwarder", dns::rcode_name(rcode), rcode);
+    a->error = fmt::format("{} (rcode {}) from the forwarder", rcode_name(rcode), rcode);
     if (rcode == ns_r_servfail) a->error += ": bogus data, or the resolver failed";
     return a;
   }
@@ -324,7 +329,7 @@ Resolver::Answer ForwarderBackend::make_answer(const Query& q, int status, const
   // The records of the question's type at the name, following CNAMEs from
   // the question's name as libunbound does (a bounded number of hops).
   const unsigned char* eom = ns_msg_end(msg);
-  std::string cur = q.name;
+  std::string cur = qname;
   uint32_t ttl = std::numeric_limits<uint32_t>::max();
   int count = ns_msg_count(msg, ns_s_an);
   for (int hop = 0; hop < 16; ++hop) {
@@ -339,7 +344,7 @@ Resolver::Answer ForwarderBackend::make_answer(const Query& q, int status, const
       if (ns_rr_class(rr) != ns_c_in || !same_name(ns_rr_name(rr), cur)) continue;
       const unsigned char* rd = ns_rr_rdata(rr);
       size_t rdlen = ns_rr_rdlen(rr);
-      if (ns_rr_type(rr) == ns_t_cname && q.type != RrType(ns_t_cname)) {
+      if (ns_rr_type(rr) == ns_t_cname && qtype != RrType(ns_t_cname)) {
         char target[NS_MAXDNAME];
         if (ns_name_uncompress(ns_msg_base(msg), eom, rd, target, sizeof target) < 0) {
           a->error = "malformed CNAME in the forwarder's reply";
@@ -350,23 +355,23 @@ Resolver::Answer ForwarderBackend::make_answer(const Query& q, int status, const
         ttl = std::min(ttl, ns_rr_ttl(rr));
         continue;
       }
-      if (ns_rr_type(rr) != int(q.type)) continue;
+      if (ns_rr_type(rr) != int(qtype)) continue;
       std::optional<std::string> t;
-      if (q.type == RrType::MX && rdlen >= 3) {  // the exchange may be compressed
+      if (qtype == RrType::MX && rdlen >= 3) {  // the exchange may be compressed
         uint8_t buf[2 + NS_MAXCDNAME];
         buf[0] = rd[0];
         buf[1] = rd[1];
         if (ns_name_unpack(ns_msg_base(msg), eom, rd + 2, buf + 2, sizeof buf - 2) >= 0) {
           size_t n = unpacked_len(buf + 2, sizeof buf - 2);
-          if (n) t = dns::rdata_text(q.type, buf, 2 + n);
+          if (n) t = rdata_text(qtype, buf, 2 + n);
         }
       } else {
-        t = dns::rdata_text(q.type, rd, rdlen);
+        t = rdata_text(qtype, rd, rdlen);
       }
       if (!t) {
         a->status = DnsStatus::failed;
         a->data.clear();
-        a->error = fmt::format("malformed {} record", rr_type_name(q.type));
+        a->error = fmt::format("malformed {} record", rr_type_name(qtype));
         return a;
       }
       ttl = std::min(ttl, ns_rr_ttl(rr));
@@ -377,9 +382,10 @@ Resolver::Answer ForwarderBackend::make_answer(const Query& q, int status, const
   }
   if (rcode == ns_r_nxdomain || a->data.empty()) {
     a->status = rcode == ns_r_nxdomain ? DnsStatus::nxdomain : DnsStatus::nodata;
-    long neg = dns::negative_ttl(abuf, size_t(alen));
+    a->data.clear();  // NXDOMAIN with records in the answer (found by fuzz_dns_reply): no data
+    long neg = negative_ttl(abuf, alen);
     if (neg < 0) neg = 0;  // no SOA: not cached
-    neg = std::min<long>(neg, settings_.negative_ttl_max);
+    neg = std::min<long>(neg, settings.negative_ttl_max);
     a->ttl = uint32_t(neg);
     *keep = std::chrono::seconds(neg);
     return a;
@@ -390,7 +396,7 @@ Resolver::Answer ForwarderBackend::make_answer(const Query& q, int status, const
   return a;
 }
 
-}  // namespace
+}  // namespace dns
 
 std::unique_ptr<DnsBackend> make_forwarder_backend(const DiscoverySettings& s, std::string* error) {
   auto b = std::make_unique<ForwarderBackend>(s);

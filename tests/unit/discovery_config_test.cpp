@@ -156,6 +156,8 @@ TEST_CASE("trust_forwarder_ad = true: the default trust anchor is dropped; a for
   const auto& d = r.snapshot->settings.discovery;
   CHECK(d.trust_forwarder_ad);
   CHECK(d.trust_anchor_file.empty());  // not the default /usr/share/dns/root.key
+  CHECK(r.snapshot->summary().find("DNS via 127.0.0.1@5353 ::1 192.0.2.53 (their AD bit trusted: trust_forwarder_ad)") !=
+        std::string::npos);
   std::string w;
   for (auto& x : r.warnings) w += x.text("warning") + "\n";
   INFO(w);

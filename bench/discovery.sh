@@ -15,7 +15,9 @@
 # Goals (issue #13): hits >= 0.9 of static; cold miss < 1 ms over the DNS
 # time; the RSS figure is reported per destination.
 # Usage: bench/discovery.sh [BUILD_DIR]   (needs tlspolicyd, socketmap_load,
-#        dns_rtt built there). NDEST, NCOLD, ROUNDS, SECONDS_PER_RUN tune it.
+#        dns_rtt built there). NDEST, NCOLD, ROUNDS, SECONDS_PER_RUN tune it;
+#        TRUST_AD=1 runs the discovery daemon with trust_forwarder_ad = true
+#        (the c-ares backend) instead of libunbound with the trust anchor.
 # Stops only what it started, by PID.
 set -eu
 cd "$(dirname "$0")/.."
@@ -72,7 +74,7 @@ cat >"$OUT/discovery.conf" <<EOF
 default = "may";
 discovery = {
   forwarders = [ "$DNS_FORWARDER" ];
-  trust_anchor_file = "$DNS_ANCHOR";
+  $(if [ "${TRUST_AD:-0}" = 1 ]; then echo 'trust_forwarder_ad = true;'; else echo "trust_anchor_file = \"$DNS_ANCHOR\";"; fi)
   query_timeout = 2000;
   deadline = 5000;
   max_outstanding = 1000;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <poll.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +18,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <memory>
 #include <optional>
 #include <libconfig.h++>
 #include <string>
@@ -37,7 +40,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: tlspolicy check [-c FILE] [-v] [--postconf-dir DIR]\n"
     "       tlspolicy query [-c FILE] [-m MAP] [--explain] [--no-dns] KEY...\n"
-    "       tlspolicy query [-c FILE] [-m MAP] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
+    "       tlspolicy query [-c FILE] [-m MAP] [--no-dns] [--threads N] -   (keys from stdin, key<TAB>value out)\n"
     "       tlspolicy query --daemon [-c FILE | --socket PATH] [-m MAP] [--explain] KEY...\n"
     "       tlspolicy query [-c FILE] -m effective ADDRESS...   (transport, next-hop policy, header)\n"
     "       tlspolicy status [-c FILE | --socket PATH]\n"
@@ -328,10 +331,13 @@ void check_discovery(const Snapshot& s, const std::string& postconf_dir, bool ve
                  r.name, s.where(r), r.policy.value(), over, names);
   }
   if (verbose && s.needs_dns)
-    fmt::print("note: discovery asks {}\n",
+    fmt::print("note: discovery asks {}; DNSSEC: {}\n",
                d.forwarders.empty() ? std::string("the root servers itself (full recursion: tlspolicyd needs DNS "
                                                   "out to the Internet)")
-                                    : fmt::format("{}", fmt::join(d.forwarders, ", ")));
+                                    : fmt::format("{}", fmt::join(d.forwarders, ", ")),
+               d.trust_forwarder_ad          ? std::string("the forwarders' AD bit is trusted (trust_forwarder_ad)")
+               : d.trust_anchor_file.empty() ? std::string("not validated (no trust anchor): nothing is secure")
+                                             : fmt::format("validated here with {}", d.trust_anchor_file));
   if (d.dane == DaneMode::off) return;
   std::string why;
   auto got = postconf(postconf_dir, {"config_directory", "smtp_dns_support_level"}, &why);
@@ -416,6 +422,82 @@ int query_stream(const Snapshot& s, MapName map, FILE* in, unsigned threads) {
       outs[t].clear();
     }
   }
+  return any ? 0 : 1;
+}
+
+// `query -` when the policy needs DNS: the same discovery as `query KEY`
+// (and the daemon), several keys' destinations discovered at once (up to
+// `window` in flight; identical ones coalesced by the Discoverer), answers
+// printed in input order as soon as every earlier key is answered. Output
+// as for several KEY arguments: "key<TAB>value", "key<TAB>TEMP reason";
+// keys without an answer print nothing. Exit 0 if any key was found.
+int query_stream_dns(const Snapshot& s, MapName map, FILE* in) {
+  struct Item {
+    std::string key;
+    Discoverer::Facts facts;
+    bool wait = false;  // a discovery is running for it
+  };
+  size_t running = 0;  // before d: its destructor may run callbacks that count
+  std::string err;
+  auto d = Discoverer::create(s.settings.discovery, &err);
+  size_t window = std::clamp<size_t>(size_t(s.settings.discovery.max_outstanding), 1, 256);
+  std::deque<std::shared_ptr<Item>> items;
+  bool any = false, eof = false;
+  char* line = nullptr;
+  size_t cap = 0;
+  auto print_ready = [&] {
+    while (!items.empty() && !items.front()->wait) {
+      const Item& it = *items.front();
+      Answer a = it.facts ? query(s, map, it.key, false, it.facts.get()) : query(s, map, it.key);
+      any |= a.found;
+      if (a.temp)
+        fmt::print("{}\tTEMP {}\n", it.key, a.value);
+      else if (a.found)
+        fmt::print("{}\t{}\n", it.key, a.value);
+      items.pop_front();
+    }
+    std::fflush(stdout);
+  };
+  while (!eof || !items.empty()) {
+    while (!eof && running < window) {
+      ssize_t n = getline(&line, &cap, in);
+      if (n < 0) {
+        eof = true;
+        break;
+      }
+      std::string key(line, size_t(n));
+      while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+      if (key.empty()) continue;
+      auto it = std::make_shared<Item>();
+      it->key = std::move(key);
+      items.push_back(it);
+      std::string target = discovery_target(s, map, it->key);
+      if (target.empty()) continue;
+      if (!d) {
+        it->facts = failed_facts(target, "DNS resolver not available: " + err);
+        continue;
+      }
+      it->wait = true;
+      ++running;
+      auto f = d->discover(target, [it, &running](const Discoverer::Facts& f) {
+        it->facts = f;
+        it->wait = false;
+        --running;
+      });
+      if (f && it->wait) {  // answered at once (cache, IP literal, overload)
+        it->facts = f;
+        it->wait = false;
+        --running;
+      }
+    }
+    print_ready();
+    if (!items.empty() && d) {
+      pollfd p{d->fd(), POLLIN, 0};
+      if (::poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+      d->process();
+    }
+  }
+  std::free(line);
   return any ? 0 : 1;
 }
 
@@ -594,7 +676,8 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  if (keys.size() == 1 && keys[0] == "-" && !explain) return query_stream(*snap, map, stdin, threads);
+  if (keys.size() == 1 && keys[0] == "-" && !explain)
+    return !no_dns && snap->needs_dns ? query_stream_dns(*snap, map, stdin) : query_stream(*snap, map, stdin, threads);
   bool any = false;
   // The daemon's discovery (discovery/), driven by a loop of its own: the
   // same DNS questions, cache and facts, the same query(..., facts).

@@ -1,12 +1,12 @@
-// See resolver.hpp.
+// See resolver.hpp. The backends are in unbound_backend.cpp and
+// forwarder_backend.cpp; what they share (record formatting, negative TTLs)
+// is here.
 #include "discovery/resolver.hpp"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
-#include <unbound.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +14,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "discovery/dns_backend.hpp"
 #include "policy/stats.hpp"
 
 namespace tlspolicy {
@@ -22,20 +23,14 @@ std::string_view rr_type_name(RrType t) {
   switch (t) {
     case RrType::A: return "A";
     case RrType::MX: return "MX";
+    case RrType::TXT: return "TXT";
     case RrType::AAAA: return "AAAA";
     case RrType::TLSA: return "TLSA";
   }
   return "?";
 }
 
-namespace {
-
-std::string cache_key(const std::string& name, RrType type) {
-  std::string k = std::to_string(unsigned(type));
-  k += ' ';
-  k += name;
-  return k;
-}
+namespace dns {
 
 std::string_view rcode_name(int rcode) {
   switch (rcode) {
@@ -47,9 +42,6 @@ std::string_view rcode_name(int rcode) {
   }
 }
 
-// One uncompressed wire-format name (as libunbound gives rdata) in
-// presentation form, lower case, no trailing dot ("." for the root).
-// Returns the bytes read, 0 when malformed.
 size_t wire_name(const uint8_t* p, size_t n, std::string* out) {
   out->clear();
   size_t i = 0;
@@ -74,40 +66,49 @@ size_t wire_name(const uint8_t* p, size_t n, std::string* out) {
   return 0;
 }
 
-// The presentation form of one record's rdata, "" when malformed.
-std::string rdata_text(RrType type, const uint8_t* p, size_t n) {
+std::optional<std::string> rdata_text(RrType type, const uint8_t* p, size_t n) {
   char buf[INET6_ADDRSTRLEN];
   switch (type) {
     case RrType::A:
-      if (n != 4 || !inet_ntop(AF_INET, p, buf, sizeof buf)) return {};
-      return buf;
+      if (n != 4 || !inet_ntop(AF_INET, p, buf, sizeof buf)) return std::nullopt;
+      return std::string(buf);
     case RrType::AAAA:
-      if (n != 16 || !inet_ntop(AF_INET6, p, buf, sizeof buf)) return {};
-      return buf;
+      if (n != 16 || !inet_ntop(AF_INET6, p, buf, sizeof buf)) return std::nullopt;
+      return std::string(buf);
     case RrType::MX: {
-      if (n < 3) return {};
+      if (n < 3) return std::nullopt;
       std::string host;
-      if (wire_name(p + 2, n - 2, &host) != n - 2) return {};
+      if (wire_name(p + 2, n - 2, &host) != n - 2) return std::nullopt;
       std::string out = std::to_string((unsigned(p[0]) << 8) | p[1]);
       out += ' ';
       out += host;
       return out;
     }
+    case RrType::TXT: {
+      // One or more <length><bytes> character-strings, concatenated as
+      // RFC 7208 3.3 and RFC 8461 3.1 read them.
+      if (n == 0) return std::nullopt;
+      std::string out;
+      for (size_t i = 0; i < n;) {
+        size_t len = p[i++];
+        if (i + len > n) return std::nullopt;
+        out.append(reinterpret_cast<const char*>(p + i), len);
+        i += len;
+      }
+      return out;
+    }
     case RrType::TLSA: {
-      if (n < 4) return {};
+      if (n < 4) return std::nullopt;
       std::string out = fmt::format("{} {} {} ", p[0], p[1], p[2]);
       for (size_t i = 3; i < n; ++i) out += fmt::format("{:02x}", p[i]);
       return out;
     }
   }
-  return {};
+  return std::nullopt;
 }
 
-// The negative-caching TTL of a NXDOMAIN/NODATA reply (RFC 2308 5: the
-// lesser of the SOA record's TTL and its MINIMUM field), read from the
-// authority section of the reply packet; -1 when there is no SOA. By hand:
-// libunbound reports no TTL for negative answers, and a dozen lines of
-// bounds-checked packet walking do not earn a dependency (ldns).
+// By hand: libunbound reports no TTL for negative answers, and a dozen
+// lines of bounds-checked packet walking do not earn a dependency.
 long negative_ttl(const uint8_t* p, size_t n) {
   if (n < 12) return -1;
   auto u16 = [&](size_t i) { return unsigned(p[i] << 8 | p[i + 1]); };
@@ -141,81 +142,58 @@ long negative_ttl(const uint8_t* p, size_t n) {
   return -1;
 }
 
+}  // namespace dns
+
+namespace {
+
+std::string cache_key(const std::string& name, RrType type) {
+  std::string k = std::to_string(unsigned(type));
+  k += ' ';
+  k += name;
+  return k;
+}
+
 }  // namespace
 
 std::unique_ptr<Resolver> Resolver::create(const DiscoverySettings& s, std::string* error) {
   std::unique_ptr<Resolver> r(new Resolver(s));
-  r->ctx_ = ub_ctx_create();
-  if (!r->ctx_) {
-    *error = "cannot create the libunbound context";
-    return nullptr;
-  }
-  auto fail = [&](std::string what, int err) {
-    *error = fmt::format("{}: {}", what, ub_strerror(err));
-    return nullptr;
+  r->backend_ = s.trust_forwarder_ad ? make_forwarder_backend(s, error) : make_unbound_backend(s, error);
+  if (!r->backend_) return nullptr;
+  Resolver* self = r.get();
+  r->backend_->deliver_ = [self](const std::string& key, Answer a, Clock::duration keep) {
+    self->finish(key, std::move(a), keep);
   };
-  // A thread of libunbound's runs the queries; the default would fork.
-  if (int e = ub_ctx_async(r->ctx_, 1)) return fail("ub_ctx_async", e);
-  // Forwarders on loopback (a local validating resolver, the test fixture)
-  // are refused by default; names under test. are a local zone by default.
-  for (auto [opt, val] : {std::pair{"do-not-query-localhost:", "no"}, std::pair{"local-zone:", "test. transparent"}})
-    if (int e = ub_ctx_set_option(r->ctx_, opt, val)) return fail(fmt::format("option {} {}", opt, val), e);
-  for (auto& f : s.forwarders)
-    if (int e = ub_ctx_set_fwd(r->ctx_, f.c_str())) return fail(fmt::format("forwarder \"{}\"", f), e);
-  // Tried (tests/discovery, "trust_forwarder_ad"): libunbound hands back
-  // its own rendering of an answer, whose AD bit is its own validator's
-  // verdict (set only with a trust anchor); with module-config "iterator"
-  // it does not ask with DO and the forwarder's AD is dropped as well. So a
-  // forwarder's AD cannot be trusted through libunbound: refuse the setting
-  // rather than silently treat every answer as insecure.
-  if (s.trust_forwarder_ad) {
-    *error = "trust_forwarder_ad is not supported: libunbound does not pass a forwarder's AD bit through; "
-             "give trust_anchor_file (the root's /usr/share/dns/root.key, or your zones' DS/DNSKEY) so that "
-             "tlspolicyd validates the forwarder's answers itself";
-    return nullptr;
-  }
-  if (!s.trust_anchor_file.empty()) {
-    // libunbound reads the file when the first query starts: check now that
-    // this user can read it, so the error is said at start (or reload).
-    int fd = ::open(s.trust_anchor_file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      *error = fmt::format("trust anchor {}: {}", s.trust_anchor_file, std::strerror(errno));
-      return nullptr;
-    }
-    ::close(fd);
-    // DS or DNSKEY records in zone-file format (/usr/share/dns/root.key is
-    // one). An RFC 5011 auto-trust file would need ub_ctx_add_ta_autr and a
-    // writable file: not offered.
-    if (int e = ub_ctx_add_ta_file(r->ctx_, s.trust_anchor_file.c_str()))
-      return fail(fmt::format("trust anchor {}", s.trust_anchor_file), e);
-  }
   r->epfd_ = epoll_create1(EPOLL_CLOEXEC);
   r->timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (r->epfd_ < 0 || r->timer_fd_ < 0) {
     *error = fmt::format("epoll/timerfd: {}", std::strerror(errno));
     return nullptr;
   }
-  for (int fd : {ub_fd(r->ctx_), r->timer_fd_}) {
+  for (int fd : {r->backend_->fd(), r->timer_fd_}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
     if (fd < 0 || epoll_ctl(r->epfd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
-      *error = "cannot watch libunbound's descriptor";
+      *error = fmt::format("cannot watch the DNS backend's descriptor ({})", r->backend_->name());
       return nullptr;
     }
   }
   return r;
 }
 
+Resolver::Resolver(const DiscoverySettings& s) : settings_(s) {}
+
 Resolver::~Resolver() {
   // Cancelled queries call nothing; the waiters' owner has failed its requests.
-  if (ctx_) {
-    for (auto& [k, p] : pending_) ub_cancel(ctx_, p->async_id);
-    ub_ctx_delete(ctx_);
+  if (backend_) {
+    for (auto& [k, p] : pending_) backend_->cancel(k);
+    backend_.reset();
   }
   if (epfd_ >= 0) ::close(epfd_);
   if (timer_fd_ >= 0) ::close(timer_fd_);
 }
+
+std::string_view Resolver::backend_name() const { return backend_->name(); }
 
 Resolver::Answer Resolver::cached(const std::string& name, RrType type) {
   auto it = cache_.find(cache_key(name, type));
@@ -247,26 +225,25 @@ bool Resolver::resolve(const std::string& name, RrType type, Callback cb) {
     it->second->waiters.push_back(std::move(cb));
     return false;
   }
+  ++counts_.queries;
+  stats().dns_queries.add();
+  std::string err = backend_->start(key, name, type);
+  if (!err.empty()) {
+    auto a = std::make_shared<DnsRecordSet>();
+    a->name = name;
+    a->type = rr_type_name(type);
+    a->error = std::move(err);
+    ++counts_.failures;
+    stats().dns_failures.add();
+    cb(a);  // nothing cached: a setup error is not the name's fault
+    return true;
+  }
   auto p = std::make_unique<Pending>();
-  p->self = this;
   p->key = key;
   p->name = name;
   p->type = type;
   p->deadline = Clock::now() + std::chrono::milliseconds(settings_.query_timeout_ms);
   p->waiters.push_back(std::move(cb));
-  ++counts_.queries;
-  stats().dns_queries.add();
-  int err = ub_resolve_async(ctx_, name.c_str(), int(type), 1 /* IN */, p.get(), &Resolver::on_result, &p->async_id);
-  if (err) {
-    auto a = std::make_shared<DnsRecordSet>();
-    a->name = name;
-    a->type = rr_type_name(type);
-    a->error = fmt::format("libunbound: {}", ub_strerror(err));
-    ++counts_.failures;
-    stats().dns_failures.add();
-    p->waiters.front()(a);  // nothing cached: a setup error is not the name's fault
-    return true;
-  }
   bool first = pending_.empty();
   pending_.emplace(key, std::move(p));
   if (first) arm_timer();
@@ -287,8 +264,7 @@ void Resolver::arm_timer() {
 }
 
 void Resolver::process() {
-  int e = ub_process(ctx_);
-  (void)e;  // an error here means a broken pipe to libunbound's thread: the timeouts fail the queries
+  backend_->process();
   uint64_t ticks;
   bool timer = ::read(timer_fd_, &ticks, sizeof ticks) == sizeof ticks;
   if (!timer) return;
@@ -299,7 +275,7 @@ void Resolver::process() {
   for (auto& k : late) {
     auto it = pending_.find(k);
     if (it == pending_.end()) continue;  // a callback of an earlier one finished it
-    ub_cancel(ctx_, it->second->async_id);
+    backend_->cancel(k);
     auto a = std::make_shared<DnsRecordSet>();
     a->name = it->second->name;
     a->type = rr_type_name(it->second->type);
@@ -309,19 +285,10 @@ void Resolver::process() {
   arm_timer();
 }
 
-void Resolver::on_result(void* mydata, int err, ub_result* result) {
-  auto* p = static_cast<Pending*>(mydata);
-  Resolver* self = p->self;
-  Clock::duration keep{};
-  Answer a = self->make_answer(p->name, p->type, err, result, &keep);
-  if (result) ub_resolve_free(result);
-  self->finish(p->key, std::move(a), keep);  // frees p
-}
-
 // Caches the answer (for `keep`), takes the query off the pending list and
 // runs its waiters, which may start new queries.
 void Resolver::finish(const std::string& key_in, Answer a, Clock::duration keep) {
-  std::string key = key_in;  // the pending entry owns key_in
+  std::string key = key_in;  // the caller's string may be owned by what we erase
   auto it = pending_.find(key);
   std::vector<Callback> waiters;
   if (it != pending_.end()) {
@@ -348,53 +315,6 @@ void Resolver::finish(const std::string& key_in, Answer a, Clock::duration keep)
     }
   }
   for (auto& w : waiters) w(a);
-}
-
-Resolver::Answer Resolver::make_answer(const std::string& name, RrType type, int err, ub_result* r,
-                                       Clock::duration* keep) const {
-  auto a = std::make_shared<DnsRecordSet>();
-  a->name = name;
-  a->type = rr_type_name(type);
-  auto failure = std::chrono::seconds(settings_.failure_ttl);
-  *keep = failure;
-  if (err || !r) {
-    a->error = fmt::format("libunbound: {}", ub_strerror(err));
-    return a;
-  }
-  if (r->bogus) {
-    a->security = DnsSecurity::bogus;
-    a->error = fmt::format("DNSSEC validation failed (bogus): {}", r->why_bogus ? r->why_bogus : "no reason given");
-    return a;
-  }
-  a->security = r->secure ? DnsSecurity::secure : DnsSecurity::insecure;
-  if (r->rcode != 0 && !r->nxdomain) {
-    a->error = fmt::format("{} (rcode {})", rcode_name(r->rcode), r->rcode);
-    return a;
-  }
-  if (r->nxdomain || !r->havedata) {
-    a->status = r->nxdomain ? DnsStatus::nxdomain : DnsStatus::nodata;
-    long neg = negative_ttl(static_cast<const uint8_t*>(r->answer_packet), size_t(std::max(0, r->answer_len)));
-    if (neg < 0) neg = std::max(0, r->ttl);
-    neg = std::min<long>(neg, settings_.negative_ttl_max);
-    a->ttl = uint32_t(neg);
-    *keep = std::chrono::seconds(neg);
-    return a;
-  }
-  a->status = DnsStatus::ok;
-  a->ttl = uint32_t(std::max(0, r->ttl));
-  *keep = std::chrono::seconds(a->ttl);
-  for (int i = 0; r->data[i]; ++i) {
-    std::string t = rdata_text(type, reinterpret_cast<const uint8_t*>(r->data[i]), size_t(r->len[i]));
-    if (t.empty()) {
-      a->status = DnsStatus::failed;
-      a->data.clear();
-      a->error = fmt::format("malformed {} record", rr_type_name(type));
-      *keep = failure;
-      return a;
-    }
-    a->data.push_back(std::move(t));
-  }
-  return a;
 }
 
 }  // namespace tlspolicy

@@ -1,5 +1,13 @@
-// Asynchronous DNS for discovery: libunbound (its own DNSSEC validator, or
-// forwarding to a configured resolver) behind our own answer cache.
+// Asynchronous DNS for discovery, behind our own answer cache, with one of
+// two backends (discovery/dns_backend.hpp):
+//  * libunbound (discovery/unbound_backend.cpp): full recursion or
+//    forwarding, DNSSEC validated by libunbound itself with
+//    trust_anchor_file;
+//  * trusted forwarders (discovery/forwarder_backend.cpp, c-ares), with
+//    trust_forwarder_ad = true: the forwarders are validating resolvers on
+//    a trusted path, and an answer is secure when they set its AD bit.
+// Both share everything below: the cache, coalescing, failure_ttl,
+// negative caching, the LRU bound, the per-query timeout and fd()/process().
 //
 // Why a cache of our own in front of libunbound's: libunbound's cache keeps
 // no negative answers bounded the way we want (capped by negative_ttl_max),
@@ -7,10 +15,11 @@
 // not bounded by a count of answers, and does not coalesce our callers: N
 // requests for one name in flight would each get their own callback. Ours is
 // (name, type) -> DnsRecordSet with an expiry, LRU-bounded, with one
-// ub_resolve_async per (name, type) in flight and many waiters on it.
+// backend query per (name, type) in flight and many waiters on it.
 //
-// Never blocks: fd() is readable when libunbound has answers (its thread
-// runs the queries) or a query's timeout passed; process() delivers them.
+// Never blocks: fd() is readable when the backend has answers (libunbound's
+// thread runs its queries; c-ares's sockets are non-blocking) or a query's
+// timeout passed; process() delivers them.
 // The daemon watches fd() from its epoll loop; `tlspolicy query` polls it.
 #pragma once
 #include <chrono>
@@ -25,13 +34,13 @@
 #include "policy/facts.hpp"
 #include "policy/snapshot.hpp"
 
-struct ub_ctx;
-struct ub_result;
-
 namespace tlspolicy {
 
-enum class RrType : uint16_t { A = 1, MX = 15, AAAA = 28, TLSA = 52 };
+// TXT: data is the concatenated character-strings of each record.
+enum class RrType : uint16_t { A = 1, MX = 15, TXT = 16, AAAA = 28, TLSA = 52 };
 std::string_view rr_type_name(RrType t);
+
+class DnsBackend;
 
 class Resolver {
  public:
@@ -40,14 +49,16 @@ class Resolver {
   using Callback = std::function<void(const Answer&)>;
 
   struct Counts {
-    uint64_t queries = 0;     // sent to libunbound (cache misses not coalesced)
+    uint64_t queries = 0;     // sent to the backend (cache misses not coalesced)
     uint64_t cache_hits = 0;  // answered from the cache
     uint64_t coalesced = 0;   // joined a query already in flight
     uint64_t failures = 0;    // failed answers (SERVFAIL, timeout, bogus)
   };
 
-  // Creates the libunbound context from the settings; nullptr with *error
-  // when a setting is refused (an unreadable trust anchor, a bad forwarder).
+  // Creates the backend from the settings (trust_forwarder_ad: the trusted
+  // forwarders; else libunbound); nullptr with *error when a setting is
+  // refused (an unreadable trust anchor, a bad forwarder, trust_forwarder_ad
+  // without forwarders or together with a trust anchor).
   static std::unique_ptr<Resolver> create(const DiscoverySettings& s, std::string* error);
   ~Resolver();
   Resolver(const Resolver&) = delete;
@@ -72,13 +83,13 @@ class Resolver {
   size_t cache_size() const { return cache_.size(); }
   const Counts& counts() const { return counts_; }
   const DiscoverySettings& settings() const { return settings_; }
+  // "libunbound" or "forwarders (trusted AD)": for logs and --explain.
+  std::string_view backend_name() const;
 
  private:
   struct Pending {
-    Resolver* self;
     std::string key, name;
     RrType type;
-    int async_id = 0;
     Clock::time_point deadline;
     std::vector<Callback> waiters;
   };
@@ -87,15 +98,13 @@ class Resolver {
     Clock::time_point expires;
     std::list<std::string>::iterator lru;
   };
-  Resolver(const DiscoverySettings& s) : settings_(s) {}
-  static void on_result(void* mydata, int err, ub_result* result);
+  explicit Resolver(const DiscoverySettings& s);
   void finish(const std::string& key, Answer a, Clock::duration keep);
   void arm_timer();
-  Answer make_answer(const std::string& name, RrType type, int err, ub_result* r, Clock::duration* keep) const;
 
   DiscoverySettings settings_;
-  ub_ctx* ctx_ = nullptr;
-  int epfd_ = -1;   // epoll over libunbound's fd and timer_fd_: one fd for callers
+  std::unique_ptr<DnsBackend> backend_;
+  int epfd_ = -1;   // epoll over the backend's fd and timer_fd_: one fd for callers
   int timer_fd_ = -1;
   std::unordered_map<std::string, Entry> cache_;
   std::list<std::string> lru_;  // most recently used first

@@ -1048,14 +1048,48 @@ void Loader::read_discovery(const Setting& g) {
                                     "both are on)",
                                     w, d.dane == DaneMode::off ? "DANE (dane = \"off\")" : "MTA-STS (no mta_sts block)"));
   }
-  // The trust anchor: needed for DANE (a DANE answer needs DNSSEC-secure
-  // facts) unless a trusted forwarder validates. MX-aware rules use insecure
-  // answers too (as Postfix does), so without DANE a missing default file
-  // only means no validation of our own.
+  // Two ways to know DNSSEC status (discovery/resolver.hpp): tlspolicyd
+  // validates itself with a trust anchor (libunbound), or trust_forwarder_ad
+  // = true: the forwarders validate and their AD bit is the verdict. Not
+  // both: with trust_forwarder_ad the default trust anchor is dropped, and
+  // one given explicitly is an error (which of the two would decide?).
   bool anchor_set = g.exists("trust_anchor_file");
   if (anchor_set) d.trust_anchor_file = g["trust_anchor_file"].c_str();
   const Setting& at = anchor_set ? g["trust_anchor_file"] : g;
   bool reported = false;
+  if (d.trust_forwarder_ad) {
+    const Setting& tf = g["trust_forwarder_ad"];
+    reported = true;
+    if (d.forwarders.empty())
+      error(tf, "trust_forwarder_ad = true needs forwarders: the validating resolvers whose AD bit is trusted "
+                "(e.g. forwarders = [ \"127.0.0.1\" ] for a local unbound with its trust anchor)");
+    else if (anchor_set && !d.trust_anchor_file.empty())
+      error(at, fmt::format("trust_anchor_file \"{}\" and trust_forwarder_ad = true exclude each other: either "
+                            "tlspolicyd validates (trust_anchor_file) or the forwarders do (trust_forwarder_ad)",
+                            d.trust_anchor_file));
+    else
+      reported = false;
+    d.trust_anchor_file.clear();
+    // The AD bit is an unsigned header bit: anyone on the path between us
+    // and the validator can set it (Postfix's smtp_dns_support_level docs
+    // say the same of its resolver).
+    for (auto& f : d.forwarders) {
+      auto ip = parse_ip(std::string_view(f).substr(0, std::string_view(f).rfind('@')));
+      if (!ip) continue;
+      IpAddr u = unmap_v4(*ip);
+      bool loop = u.v6 ? (u.bytes == std::array<uint8_t, 16>{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1})
+                       : u.bytes[0] == 127;
+      if (!loop)
+        warn(tf, fmt::format("trust_forwarder_ad = true with forwarder \"{}\" not on loopback: its AD bit is "
+                             "trusted, but nothing protects it on the way; use a validating resolver on this "
+                             "host (127.0.0.1, ::1) or a path you trust",
+                             f));
+    }
+  }
+  // The trust anchor: needed for DANE (a DANE answer needs DNSSEC-secure
+  // facts) unless a trusted forwarder validates. MX-aware rules use insecure
+  // answers too (as Postfix does), so without DANE a missing default file
+  // only means no validation of our own.
   if (!d.trust_anchor_file.empty()) {
     reported = true;
     if (!d.trust_anchor_file.starts_with("/")) {
@@ -1063,7 +1097,7 @@ void Loader::read_discovery(const Setting& g) {
                             d.trust_anchor_file));
     } else if (::access(d.trust_anchor_file.c_str(), R_OK) != 0) {
       int err = errno;
-      if (d.dane != DaneMode::off && !d.trust_forwarder_ad) {
+      if (d.dane != DaneMode::off) {
         error(at, fmt::format("trust_anchor_file \"{}\": {}: DANE needs DNSSEC validation; install "
                               "dns-root-data (Debian's /usr/share/dns/root.key) or name a readable trust anchor",
                               d.trust_anchor_file, std::strerror(err)));
@@ -1080,19 +1114,9 @@ void Loader::read_discovery(const Setting& g) {
       reported = false;
     }
   }
-  // tlspolicyd refuses it (discovery/resolver.cpp: libunbound renders
-  // answers from its own validation and drops a forwarder's AD bit), so
-  // check says so rather than OK for a configuration the daemon will not run.
-  if (d.trust_forwarder_ad) {
-    error(g["trust_forwarder_ad"], "trust_forwarder_ad = true is not supported: libunbound does not pass a "
-                                   "forwarder's AD bit through; give trust_anchor_file (the root's "
-                                   "/usr/share/dns/root.key, or your zones' DS/DNSKEY) so that tlspolicyd "
-                                   "validates the forwarder's answers itself");
-    d.trust_forwarder_ad = false;
-  }
   if (d.dane != DaneMode::off && d.trust_anchor_file.empty() && !d.trust_forwarder_ad && !reported)
     error(g["dane"], fmt::format("dane = \"{}\" needs DNSSEC: a trust_anchor_file (trust_anchor_file = \"\" "
-                                 "turns validation off)",
+                                 "turns validation off) or trust_forwarder_ad = true with validating forwarders",
                                  g["dane"].c_str()));
   if (d.deadline_ms < d.query_timeout_ms)
     warn(g, fmt::format("deadline ({} ms) is shorter than query_timeout ({} ms): a request would give up before "

@@ -80,6 +80,7 @@ std::string Snapshot::summary() const {
                        aware, aware == 1 ? "" : "s", mx_names.size(), dane_mode_name(d.dane),
                        d.forwarders.empty() ? std::string("from the root")
                                             : fmt::format("via {}", fmt::join(d.forwarders, " ")));
+    if (d.trust_forwarder_ad) out += " (their AD bit trusted: trust_forwarder_ad)";
     // (Only when on, so that summaries of configurations without MTA-STS
     // read as before.)
     if (d.mta_sts.enabled)

@@ -6,6 +6,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <string>
@@ -327,14 +328,206 @@ TEST_CASE("destroying the discoverer fails what is in flight, once") {
   CHECK(why.find("discovery stopped") != std::string::npos);
 }
 
-TEST_CASE("trust_forwarder_ad is refused with the reason (libunbound drops the forwarder's AD bit)") {
-  // What was tried: no anchor, the fixture's validating unbound as forwarder
-  // (it sets AD for dnssec.test): libunbound's answer packet had AD clear,
-  // with and without its validator module. So the setting cannot work.
+// trust_forwarder_ad = true: the second backend (c-ares, forwarder_backend.cpp)
+// asks the forwarders with the AD bit and takes their AD bit as the verdict.
+namespace {
+
+DiscoverySettings trusted_forwarder(const std::string& forwarder) {
   auto s = fixture_settings();
+  s.forwarders = {forwarder};
   s.trust_anchor_file = "";
   s.trust_forwarder_ad = true;
+  return s;
+}
+
+std::unique_ptr<Resolver> make_resolver(const DiscoverySettings& s) {
   std::string err;
-  CHECK(!Discoverer::create(s, &err));
-  CHECK(err.find("trust_forwarder_ad is not supported") != std::string::npos);
+  auto r = Resolver::create(s, &err);
+  INFO(err);
+  REQUIRE(r);
+  return r;
+}
+
+Resolver::Answer resolve_wait(Resolver& r, const std::string& name, RrType type) {
+  Resolver::Answer got;
+  r.resolve(name, type, [&](const Resolver::Answer& a) { got = a; });
+  auto end = Clock::now() + std::chrono::seconds(5);
+  while (!got && Clock::now() < end) {
+    pollfd p{r.fd(), POLLIN, 0};
+    poll(&p, 1, 50);
+    r.process();
+  }
+  return got;
+}
+
+std::string status(DnsStatus s) {
+  switch (s) {
+    case DnsStatus::ok: return "ok";
+    case DnsStatus::nodata: return "nodata";
+    case DnsStatus::nxdomain: return "nxdomain";
+    case DnsStatus::failed: return "failed";
+  }
+  return "?";
+}
+
+// What both backends must agree on: status, security, the records (sorted:
+// a resolver may rotate an RRset), not the TTL (it counts down in caches).
+std::string answer_line(const Resolver::Answer& a) {
+  if (!a) return "no answer";
+  std::string out = status(a->status);
+  out += ' ';
+  out += sec(a->security);
+  auto data = a->data;
+  std::sort(data.begin(), data.end());
+  for (auto& d : data) {
+    out += " |";
+    out += d;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("trust_forwarder_ad: the validating forwarder's AD bit decides") {
+  auto d = make(trusted_forwarder(env("DNS_FORWARDER")));
+  CHECK(d->resolver().backend_name() != "libunbound");
+  std::string tls = env("DNS_ADDR_TLS"), enc = env("DNS_ADDR_ENC"), open = env("DNS_ADDR_OPEN");
+  struct Case {
+    std::string dest, want;
+  };
+  Case cases[] = {
+      {"dane.dnssec.test",
+       "ok mx:secure [10 mx.dane.dnssec.test " + tls + " 2001:db8::2 addr:secure tlsa:usable]"},
+      {"partial.dnssec.test", "ok mx:secure [10 mx1.partial.dnssec.test " + tls +
+                                  " addr:secure tlsa:usable] [20 mx2.partial.dnssec.test " + tls +
+                                  " addr:secure tlsa:none]"},
+      {"nomx.dnssec.test", "ok implicit mx:secure [0 nomx.dnssec.test " + tls + " addr:secure tlsa:usable]"},
+      {"insecuremx.dnssec.test", "ok mx:secure [10 mx.open.plain.test " + open + " addr:insecure tlsa:none]"},
+      {"dangling.dnssec.test", "ok mx:secure [10 missing.dnssec.test addr:secure tlsa:none]"},
+      {"enc.plain.test", "ok mx:insecure [10 mx.enc.plain.test " + enc + " addr:insecure tlsa:none]"},
+      {"v6.plain.test", "ok mx:insecure [10 mx.v6.plain.test 2001:db8:25::1 addr:insecure tlsa:none]"},
+      // Bogus: the validating forwarder says SERVFAIL; failed, never data.
+      {"bogus.test", "failed mx:insecure"},
+      {"x.servfail.test", "failed mx:insecure"},
+  };
+  for (auto& c : cases) {
+    auto f = discover_wait(*d, c.dest);
+    REQUIRE(f);
+    INFO(c.dest << ": " << f->error);
+    CHECK(summary(*f) == c.want);
+  }
+  auto f = discover_wait(*d, "bogus.test");
+  INFO(f->error);
+  CHECK(f->error.find("SERVFAIL") != std::string::npos);
+}
+
+TEST_CASE("trust_forwarder_ad: a forwarder that does not validate gives no secure answer, so no DANE") {
+  auto d = make(trusted_forwarder(env("DNS_PLAIN_FORWARDER")));
+  std::string tls = env("DNS_ADDR_TLS");
+  auto f = discover_wait(*d, "dane.dnssec.test");
+  CHECK(summary(*f) == "ok mx:insecure [10 mx.dane.dnssec.test " + tls + " 2001:db8::2 addr:insecure tlsa:none]");
+  for (auto& a : f->answers) CHECK(a.security == DnsSecurity::insecure);
+  f = discover_wait(*d, "nomx.dnssec.test");
+  CHECK(summary(*f) == "ok implicit mx:insecure [0 nomx.dnssec.test " + tls + " addr:insecure tlsa:none]");
+}
+
+TEST_CASE("both backends give identical answers (records, status, security), CNAME chains included") {
+  auto ub = make_resolver(fixture_settings());
+  auto fw = make_resolver(trusted_forwarder(env("DNS_FORWARDER")));
+  std::string good = env("DNS_TLSA_GOOD");
+  struct Case {
+    std::string name;
+    RrType type;
+    std::string want;
+  };
+  Case cases[] = {
+      {"dane.dnssec.test", RrType::MX, "ok secure |10 mx.dane.dnssec.test"},
+      {"mx.dane.dnssec.test", RrType::A, "ok secure |" + env("DNS_ADDR_TLS")},
+      {"mx.dane.dnssec.test", RrType::AAAA, "ok secure |2001:db8::2"},
+      {"_25._tcp.mx.dane.dnssec.test", RrType::TLSA, "ok secure |3 1 1 " + good},
+      {"partial.dnssec.test", RrType::MX, "ok secure |10 mx1.partial.dnssec.test |20 mx2.partial.dnssec.test"},
+      {"txt.dnssec.test", RrType::TXT, "ok secure |v=STSv1; id=20240101 |x y"},
+      {"missing.dnssec.test", RrType::A, "nxdomain secure"},
+      {"notlsa.dnssec.test", RrType::TLSA, "nodata secure"},
+      {"multi.plain.test", RrType::MX, "ok insecure |10 mx.open.plain.test |20 mx.enc.plain.test"},
+      {"missing.plain.test", RrType::MX, "nxdomain insecure"},
+      {"encnomx.plain.test", RrType::MX, "nodata insecure"},
+      // CNAMEs (added by t_discovery.py with --record): followed to the end,
+      // secure only when every link is.
+      {"alias.dnssec.test", RrType::A, "ok secure |" + env("DNS_ADDR_TLS")},
+      {"alias2.dnssec.test", RrType::A, "ok secure |" + env("DNS_ADDR_TLS")},
+      {"alias.plain.test", RrType::A, "ok insecure |" + env("DNS_ADDR_ENC")},
+      {"crosszone.dnssec.test", RrType::A, "ok insecure |" + env("DNS_ADDR_ENC")},
+      {"x.servfail.test", RrType::MX, "failed insecure"},
+  };
+  for (auto& c : cases) {
+    INFO(c.name << " " << rr_type_name(c.type));
+    auto a = resolve_wait(*ub, c.name, c.type);
+    auto b = resolve_wait(*fw, c.name, c.type);
+    CHECK(answer_line(a) == c.want);
+    CHECK(answer_line(b) == c.want);
+  }
+  // bogus: libunbound validates it bogus; the forwarder answers SERVFAIL.
+  CHECK(answer_line(resolve_wait(*ub, "bogus.test", RrType::MX)) == "failed bogus");
+  CHECK(answer_line(resolve_wait(*fw, "bogus.test", RrType::MX)) == "failed insecure");
+}
+
+TEST_CASE("trust_forwarder_ad: cache, coalescing and the query timeout are the shared ones") {
+  auto s = trusted_forwarder(env("DNS_FORWARDER"));
+  s.query_timeout_ms = 300;
+  auto r = make_resolver(s);
+  int done = 0;
+  for (int i = 0; i < 5; ++i) r->resolve("coal.slow.test", RrType::MX, [&](auto&) { ++done; });
+  CHECK(r->counts().queries == 1);
+  CHECK(r->counts().coalesced == 4);
+  auto end = Clock::now() + std::chrono::seconds(3);
+  while (done < 5 && Clock::now() < end) {
+    pollfd p{r->fd(), POLLIN, 0};
+    poll(&p, 1, 50);
+    r->process();
+  }
+  CHECK(done == 5);
+  // 400 ms > query_timeout: failed, cached for failure_ttl.
+  auto a = r->cached("coal.slow.test", RrType::MX);
+  REQUIRE(a);
+  CHECK(a->status == DnsStatus::failed);
+  CHECK(a->error.find("no answer within 300 ms") != std::string::npos);
+  auto q = r->counts().queries;
+  CHECK(answer_line(resolve_wait(*r, "enc.plain.test", RrType::MX)) == "ok insecure |10 mx.enc.plain.test");
+  CHECK(answer_line(resolve_wait(*r, "enc.plain.test", RrType::MX)) == "ok insecure |10 mx.enc.plain.test");
+  CHECK(r->counts().queries == q + 1);
+  CHECK(r->counts().cache_hits >= 1);
+  // Negative answers cached too.
+  resolve_wait(*r, "missing.plain.test", RrType::A);
+  resolve_wait(*r, "missing.plain.test", RrType::A);
+  CHECK(r->counts().queries == q + 2);
+}
+
+TEST_CASE("trust_forwarder_ad: a dead first forwarder, the next one answers") {
+  // Port 1 on 127.0.0.9: nothing listens (ICMP port unreachable at once).
+  auto s = trusted_forwarder("127.0.0.9@1");
+  s.forwarders.push_back(env("DNS_FORWARDER"));
+  auto r = make_resolver(s);
+  CHECK(answer_line(resolve_wait(*r, "dane.dnssec.test", RrType::MX)) == "ok secure |10 mx.dane.dnssec.test");
+}
+
+TEST_CASE("trust_forwarder_ad: impossible combinations are refused at creation") {
+  std::string err;
+  auto s = trusted_forwarder(env("DNS_FORWARDER"));
+  s.forwarders.clear();
+  CHECK(!Resolver::create(s, &err));
+  CHECK(err.find("needs forwarders") != std::string::npos);
+  s = trusted_forwarder(env("DNS_FORWARDER"));
+  s.trust_anchor_file = env("DNS_ANCHOR");
+  CHECK(!Resolver::create(s, &err));
+  CHECK(err.find("exclude each other") != std::string::npos);
+  s = trusted_forwarder("resolver.example");
+  CHECK(!Resolver::create(s, &err));
+  CHECK(err.find("not IP[@PORT]") != std::string::npos);
+  // IPv6 and port-less forwarders are taken (c-ares's "[::1]:5353" syntax).
+  s = trusted_forwarder("::1@5353");
+  s.forwarders.push_back("127.0.0.1");
+  err.clear();
+  CHECK(Resolver::create(s, &err));
+  CHECK(err.empty());
 }

@@ -21,7 +21,21 @@ FIXTURE = os.path.join(HERE, "..", "dns", "fixture.py")
 
 def start_fixture(d):
     log = open(os.path.join(d, "fixture.log"), "w")
-    p = subprocess.Popen(["/usr/bin/python3", FIXTURE, "--dir", os.path.join(d, "dns")],
+    # --plain-forwarder: the non-validating forwarder of the
+    # trust_forwarder_ad cases; the records: CNAME chains (one secure, one
+    # insecure, one from the signed zone into the unsigned one) and TXT.
+    records = [
+        "alias.dnssec.test. 300 CNAME mx.dane.dnssec.test.",
+        "alias2.dnssec.test. 300 CNAME alias.dnssec.test.",
+        "alias.plain.test. 300 CNAME mx.enc.plain.test.",
+        "crosszone.dnssec.test. 300 CNAME alias.plain.test.",
+        'txt.dnssec.test. 300 TXT "v=STSv1; " "id=20240101"',
+        'txt.dnssec.test. 300 TXT "x y"',
+    ]
+    args = ["--plain-forwarder"]
+    for r in records:
+        args += ["--record", r]
+    p = subprocess.Popen(["/usr/bin/python3", FIXTURE, "--dir", os.path.join(d, "dns"), *args],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     env_file = os.path.join(d, "dns", "fixture.env")
     deadline = time.time() + 60

@@ -81,6 +81,12 @@ fixture.env (sourceable by sh) and fixture.json hold:
   DNS_ADDR_ENC DNS_ADDR_OPEN, DNS_SLOW_MS, DNS_MINI_PORT, DNS_UNBOUND_PID,
   DNS_FIXTURE_PID, DNS_DIR.
 
+--plain-forwarder also starts a second unbound on 127.0.0.1:<free port>
+that forwards everything to the first one WITHOUT validating (no trust
+anchor, module-config "iterator"): it never sets the AD bit, so it is the
+non-validating forwarder for the trust_forwarder_ad tests (its address,
+IP@PORT, in DNS_PLAIN_FORWARDER; empty without the option).
+
 --log-queries makes unbound log each query it receives ("info: 127.0.0.1
 NAME. MX IN"), to count what a client really asked.
 
@@ -470,6 +476,43 @@ def unbound_conf(d, port, r53, mini_port, zones, log_queries=False):
     return "\n".join(lines) + "\n"
 
 
+def plain_forwarder_conf(d, port, upstream):
+    """A resolver that forwards to the validating one and validates nothing
+    (so it never sets AD), for --plain-forwarder."""
+    return "\n".join([
+        "server:",
+        "  verbosity: 1",
+        "  interface: 127.0.0.1@%d" % port, "  port: %d" % port,
+        "  do-ip4: yes", "  do-ip6: no", "  do-udp: yes", "  do-tcp: yes",
+        "  interface-automatic: no", "  do-daemonize: no",
+        '  chroot: ""', '  username: ""', '  directory: "%s"' % d,
+        '  pidfile: "%s/unbound-plain.pid"' % d,
+        '  logfile: ""', "  use-syslog: no", "  num-threads: 1",
+        "  access-control: 127.0.0.0/8 allow",
+        "  do-not-query-localhost: no",
+        '  module-config: "iterator"',
+        '  local-zone: "test." transparent',
+        "  discard-timeout: 0",
+        "remote-control:", "  control-enable: no",
+        "forward-zone:", '  name: "."', "  forward-addr: 127.0.0.1@%d" % upstream,
+    ]) + "\n"
+
+
+def plain_ready(port, timeout):
+    """True once the non-validating forwarder answers dnssec.test's SOA."""
+    q = dns.message.make_query("dnssec.test.", "SOA")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5)
+            if r.rcode() == dns.rcode.NOERROR and r.answer:
+                return True
+        except Exception:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def set_pdeathsig():
     """In the child: SIGTERM when the fixture process dies."""
     try:
@@ -532,6 +575,8 @@ def main():
     ap.add_argument("--slow-ms", type=int, default=400)
     ap.add_argument("--bulk", type=int, default=0, help="bulk.test names d0..d<N-1>")
     ap.add_argument("--ready-timeout", type=float, default=20)
+    ap.add_argument("--plain-forwarder", action="store_true",
+                    help="also start a non-validating forwarder (DNS_PLAIN_FORWARDER)")
     ap.add_argument("--log-queries", action="store_true",
                     help="unbound logs every query it gets (count them in DIR/unbound.log)")
     args = ap.parse_args()
@@ -612,6 +657,28 @@ def main():
             sys.stderr.write(f.read()[-3000:])
         die("unbound did not start or does not validate dnssec.test (see %s/unbound.log)" % d)
 
+    plain, plain_fwd = None, ""
+    if args.plain_forwarder:
+        pconf = os.path.join(d, "unbound-plain.conf")
+        for attempt in range(5):
+            pport = free_port("127.0.0.1")
+            with open(pconf, "w") as f:
+                f.write(plain_forwarder_conf(d, pport, port))
+            run(["unbound-checkconf", pconf])
+            plain = subprocess.Popen(["unbound", "-d", "-c", pconf], stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, preexec_fn=set_pdeathsig)
+            if plain_ready(pport, args.ready_timeout):
+                plain_fwd = "127.0.0.1@%d" % pport
+                break
+            if plain.poll() is None:
+                plain.terminate()
+                plain.wait()
+            plain = None
+        if plain is None:
+            proc.terminate()
+            proc.wait()
+            die("the non-validating forwarder did not start (see %s/unbound.log)" % d)
+
     class Stop(Exception):
         pass
 
@@ -619,13 +686,15 @@ def main():
         raise Stop()
 
     def stop_unbound():
-        if proc.poll() is None:
-            proc.terminate()
+        for p in (proc, plain):
+            if p is None or p.poll() is not None:
+                continue
+            p.terminate()
             try:
-                proc.wait(5)
+                p.wait(5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                p.kill()
+                p.wait()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -638,7 +707,7 @@ def main():
         "DNS_ADDR_TLS": addrs["tls"], "DNS_ADDR_ENC": addrs["enc"],
         "DNS_ADDR_OPEN": addrs["open"], "DNS_SLOW_MS": args.slow_ms,
         "DNS_MINI_PORT": mini_port, "DNS_UNBOUND_PID": proc.pid,
-        "DNS_FIXTURE_PID": os.getpid(),
+        "DNS_FIXTURE_PID": os.getpid(), "DNS_PLAIN_FORWARDER": plain_fwd,
     }
     with open(os.path.join(d, "fixture.json.tmp"), "w") as f:
         json.dump(env, f, indent=1)
@@ -653,12 +722,13 @@ def main():
     # Poll instead of proc.wait(): a signal handler must not interrupt a
     # blocking wait that holds the Popen's lock and then wait again.
     try:
-        while proc.poll() is None:
+        while proc.poll() is None and (plain is None or plain.poll() is None):
             time.sleep(0.1)
     except Stop:
         stop_unbound()
         sys.exit(0)
-    die("unbound exited unexpectedly (status %d), see %s/unbound.log" % (proc.returncode, d))
+    stop_unbound()
+    die("unbound exited unexpectedly (status %s), see %s/unbound.log" % (proc.returncode, d))
 
 if __name__ == "__main__":
     main()

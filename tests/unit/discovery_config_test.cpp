@@ -57,12 +57,13 @@ TEST_CASE("discovery configuration errors name file, line and the fix") {
       {"default = \"may\"; discovery = { failure_ttl = 86400; };", {}, "failure_ttl = 86400 must be"},
       {"default = \"may\"; discovery = { on_dns_failure = \"retry\"; };", {},
        "on_dns_failure = \"retry\": use \"defer\""},
-      {"default = \"may\"; discovery = { trust_forwarder_ad = true; };", {},
-       "trust_forwarder_ad = true is not supported"},
-      // tlspolicyd refuses it (libunbound drops the forwarder's AD bit):
-      // check must not call OK a configuration the daemon will not start with.
-      {"default = \"may\";\ndiscovery = { forwarders = \"127.0.0.1@5353\";\n trust_forwarder_ad = true; };", {},
-       "tlspolicy.conf:3: error: trust_forwarder_ad = true is not supported"},
+      // trust_forwarder_ad: only with forwarders (whose AD bit is trusted),
+      // and not together with a trust anchor given explicitly.
+      {"default = \"may\";\ndiscovery = {\n trust_forwarder_ad = true; };", {},
+       "tlspolicy.conf:3: error: trust_forwarder_ad = true needs forwarders"},
+      {"default = \"may\";\ndiscovery = { forwarders = \"127.0.0.1@5353\"; trust_forwarder_ad = true;\n " + ta +
+           "};",
+       {}, "tlspolicy.conf:3: error: trust_anchor_file \"" + anchor() + "\" and trust_forwarder_ad = true exclude"},
       {"default = \"may\"; discovery = { dane = \"dane\"; trust_anchor_file = \"\"; };", {},
        "dane = \"dane\" needs DNSSEC"},
       {"default = \"may\";\ndiscovery = { dane = \"dane-only\";\n trust_anchor_file = \"/nonexistent/root.key\"; };",
@@ -142,6 +143,36 @@ TEST_CASE("the discovery block compiles to DiscoverySettings and flags") {
   CHECK_FALSE(s.rules[2].mx_aware);
   CHECK(s.mx_names.size() == 3);
   CHECK(s.summary().find("discovery on: 2 MX-aware rules (3 mx: entries), dane dane-only") != std::string::npos);
+}
+
+TEST_CASE("trust_forwarder_ad = true: the default trust anchor is dropped; a forwarder off loopback is a warning") {
+  using namespace tlspolicy;
+  std::string dir;
+  auto r = testing::load_text(
+      "discovery = { forwarders = [ \"127.0.0.1@5353\", \"::1\", \"192.0.2.53\" ];\n"
+      "  trust_forwarder_ad = true; dane = \"dane\"; };\n"
+      "outbound = ( { level = \"encrypt\"; to = \"192.0.2.0/24\"; } );",
+      {}, &dir);
+  INFO(errors_of(r, dir));
+  REQUIRE(r.snapshot);
+  const auto& d = r.snapshot->settings.discovery;
+  CHECK(d.trust_forwarder_ad);
+  CHECK(d.trust_anchor_file.empty());  // not the default /usr/share/dns/root.key
+  CHECK(r.snapshot->summary().find("DNS via 127.0.0.1@5353 ::1 192.0.2.53 (their AD bit trusted: trust_forwarder_ad)") !=
+        std::string::npos);
+  std::string w;
+  for (auto& x : r.warnings) w += x.text("warning") + "\n";
+  INFO(w);
+  CHECK(w.find("tlspolicy.conf:2: warning: trust_forwarder_ad = true with forwarder \"192.0.2.53\" not on loopback") !=
+        std::string::npos);
+  CHECK(w.find("127.0.0.1@5353\" not on loopback") == std::string::npos);
+  CHECK(w.find("\"::1\" not on loopback") == std::string::npos);
+  // trust_anchor_file = "" with it is fine (the same thing said twice).
+  auto r2 = testing::load_text(
+      "discovery = { forwarders = \"127.0.0.1\"; trust_forwarder_ad = true; trust_anchor_file = \"\"; "
+      "dane = \"dane-only\"; };\noutbound = ( { level = \"encrypt\"; to = \"192.0.2.0/24\"; } );");
+  CHECK(r2.snapshot);
+  CHECK(r2.warnings.empty());
 }
 
 TEST_CASE("without a discovery block nothing needs DNS: CIDR entries stay static") {

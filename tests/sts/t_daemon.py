@@ -71,7 +71,8 @@ def secure(mx):
 
 
 def conf(fx, port, mport, ca, cache, connect_to):
-    return """discovery = {
+    return """allow_empty = true;
+discovery = {
   forwarders = [ "%s" ];
   trust_anchor_file = "%s";
   query_timeout = 1000;
@@ -231,6 +232,22 @@ def main():
                   (m(ms, "tlspolicy_mta_sts_fetches_total", result="ok") or 0) >= 6
                   and (m(ms, "tlspolicy_mta_sts_fetches_total", result="failed") or 0) >= 5
                   and (m(ms, "tlspolicy_mta_sts_policies_cached") or 0) >= 6)
+
+            # A reload that changes an MTA-STS setting replaces the Discoverer
+            # (and its facts cache) but keeps the policy store: no refetch.
+            hits = dict(https.hits)
+            with open(os.path.join(d, "a.conf"), "w") as f:
+                f.write(a_conf.replace("fetch_timeout = 8000;", "fetch_timeout = 7000;"))
+            a.send_signal(signal.SIGHUP)
+            end = time.monotonic() + 10
+            while time.monotonic() < end and log_of(d, "a").count("reloaded") < 1:
+                time.sleep(0.1)
+            check("reload with a changed mta_sts setting", "reloaded" in log_of(d, "a"))
+            for dom, mx in (("enforce.sts.test", "mx.enforce.sts.test"), ("wildcard.sts.test", ".wildcard.sts.test")):
+                expect("after the reload: " + dom, td.ask(port, dom), secure(mx))
+            check("after the reload: the policies came from the kept store, not a new fetch (%r -> %r)"
+                  % (hits.get("enforce.sts.test"), https.hits.get("enforce.sts.test")),
+                  all(https.hits.get(x) == hits.get(x) for x in ("enforce.sts.test", "wildcard.sts.test")))
 
             # The CLI: the same discovery; reads the cache, never creates one.
             cli_conf = os.path.join(d, "cli.conf")

@@ -180,6 +180,10 @@ def main():
                 ("notxt.sts.test", r"NOTFOUND ?"),
                 ("idchange.sts.test", secure("mx.idchange.sts.test")),
             ]
+            # Proactive refresh: max_age 8 s, so due 2 s before it expires.
+            https.set_site("down.sts.test", Site(body=policy("enforce", ["mx.down.sts.test"], max_age=8), cert=good))
+            t_down = time.monotonic()
+            expect("refresh: down.sts.test (max_age 8)", td.ask(port, "down.sts.test"), secure("mx.down.sts.test"))
             for dom, want in cases:
                 expect(dom, td.ask(port, dom), want)
             # Asked again (facts cache or TXT id unchanged): no second fetch.
@@ -210,6 +214,26 @@ def main():
                    secure("mx.slow.sts.test"))
             check("slow server: fetched once (%r)" % https.hits.get("slow.sts.test"),
                   https.hits.get("slow.sts.test") == 1)
+
+            # 6.5 s after the fetch: due for refresh, not expired; the answer
+            # comes from the cache at once and a background fetch renews it.
+            time.sleep(max(0.0, 6.5 - (time.monotonic() - t_down)))
+            expect("refresh: in use near its expiry, still enforced", td.ask(port, "down.sts.test"),
+                   secure("mx.down.sts.test"))
+            end = time.monotonic() + 5
+            while time.monotonic() < end and https.hits.get("down.sts.test", 0) < 2:
+                time.sleep(0.1)
+            time.sleep(0.3)
+            ms = metrics(mport)
+            check("refresh: refetched in the background (hits %r, refresh counter %r)"
+                  % (https.hits.get("down.sts.test"), m(ms, "tlspolicy_mta_sts_fetches_total", result="refresh")),
+                  https.hits.get("down.sts.test") == 2
+                  and m(ms, "tlspolicy_mta_sts_fetches_total", result="refresh") == 1)
+            time.sleep(max(0.0, 9 - (time.monotonic() - t_down)))
+            expect("refresh: past the first policy's expiry, the refreshed one applies", td.ask(port, "down.sts.test"),
+                   secure("mx.down.sts.test"))
+            check("refresh: no further fetch (%r)" % https.hits.get("down.sts.test"),
+                  https.hits.get("down.sts.test") == 2)
 
             # Id change: a new policy is served and the TXT id moves on.
             before = metrics(mport)
@@ -277,6 +301,9 @@ def main():
             for dom, mx in (("enforce.sts.test", "mx.enforce.sts.test"), ("slow.sts.test", "mx.slow.sts.test"),
                             ("idchange.sts.test", "mx2.idchange.sts.test")):
                 expect("after a restart, HTTPS down: %s from the cache" % dom, td.ask(port, dom), secure(mx))
+            end = time.monotonic() + 5
+            while time.monotonic() < end and "policies loaded" not in log_of(d, "b"):
+                time.sleep(0.1)
             check("log: policies loaded from the cache", re.search(r"MTA-STS cache .*: \d+ policies loaded",
                                                                    log_of(d, "b")) is not None)
             stop(b)
@@ -291,6 +318,9 @@ def main():
                 return
             expect("corrupt cache: the daemon serves (HTTPS down, nothing cached)", td.ask(port, "enforce.sts.test"),
                    r"NOTFOUND ?")
+            end = time.monotonic() + 5
+            while time.monotonic() < end and "moved it to" not in log_of(d, "c"):
+                time.sleep(0.1)
             log = log_of(d, "c")
             check("corrupt cache: logged and moved aside", "moved it to" in log and any(
                 n.startswith("bad.db.corrupt-") for n in os.listdir(d)), log[-800:])

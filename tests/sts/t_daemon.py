@@ -18,7 +18,8 @@ the policy; one fetch per domain while the TXT id stays; an id change ->
 refetch and the new policy; `tlspolicy query` gives the same answer and
 never creates the cache file; a restart with the HTTPS fixture stopped ->
 policies still enforced from the persistent cache; a corrupt cache file ->
-logged, moved aside, the daemon serves.
+logged, moved aside, the daemon serves; an unopenable cache path -> logged,
+memory only, the daemon serves.
 """
 import os
 import re
@@ -326,6 +327,22 @@ def main():
                 n.startswith("bad.db.corrupt-") for n in os.listdir(d)), log[-800:])
             ms = metrics(mport)
             check("metrics: cache error counted", (m(ms, "tlspolicy_mta_sts_cache_errors_total") or 0) >= 1, repr(ms))
+            stop(c)
+
+            # A cache path that cannot be opened (no such directory): logged,
+            # policies kept in memory, the daemon serves.
+            nodir = os.path.join(d, "no-such-dir", "sts.db")
+            e = start(d, "e", conf(fx, port, mport, pki.ca, nodir, connect_to))
+            daemons.append(e)
+            if e is None:
+                return
+            expect("unopenable cache: the daemon serves", td.ask(port, "enforce.sts.test"), r"NOTFOUND ?")
+            end = time.monotonic() + 5
+            while time.monotonic() < end and "memory only" not in log_of(d, "e"):
+                time.sleep(0.1)
+            check("unopenable cache: logged (kept in memory only)", "memory only" in log_of(d, "e"),
+                  log_of(d, "e")[-800:])
+            check("unopenable cache: nothing created", not os.path.exists(os.path.dirname(nodir)))
         finally:
             for p in daemons:
                 stop(p)

@@ -252,6 +252,23 @@ def main():
             time.sleep(2.5)
             expect("id change with a failed refetch: the cached policy stays", td.ask(port, "idchange.sts.test"),
                    secure("mx2.idchange.sts.test"))
+            # A "none" policy under a new id drops the cached one (RFC 8461 5).
+            cached_before = m(metrics(mport), "tlspolicy_mta_sts_policies_cached") or 0
+            https.set_site("idchange.sts.test", Site(body=policy("none", max_age=86400), cert=good))
+            fixture.set_txt(fx, "_mta-sts.idchange.sts.test", ['"v=STSv1; id=idchange4"'])
+            time.sleep(2.5)
+            expect("id change to a none policy: no policy any more", td.ask(port, "idchange.sts.test"), r"NOTFOUND ?")
+            cached_after = m(metrics(mport), "tlspolicy_mta_sts_policies_cached") or 0
+            check("none: the cached policy is dropped (policies cached %r -> %r)" % (cached_before, cached_after),
+                  cached_after == cached_before - 1)
+            # ... and later requests stay without one (served from the facts, or re-decided: nothing cached).
+            expect("none: asked again", td.ask(port, "idchange.sts.test"), r"NOTFOUND ?")
+            # Back to an enforce policy for the checks below (restart from the cache).
+            https.set_site("idchange.sts.test", Site(body=policy("enforce", ["mx2.idchange.sts.test"]), cert=good))
+            fixture.set_txt(fx, "_mta-sts.idchange.sts.test", ['"v=STSv1; id=idchange5"'])
+            time.sleep(2.5)
+            expect("id change back to enforce", td.ask(port, "idchange.sts.test"), secure("mx2.idchange.sts.test"))
+
             ms = metrics(mport)
             check("metrics: fetches ok and failed, policies cached (%r)" % ms,
                   (m(ms, "tlspolicy_mta_sts_fetches_total", result="ok") or 0) >= 6

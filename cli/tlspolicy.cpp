@@ -689,7 +689,20 @@ int main(int argc, char** argv) {
       // --explain: discovered even where a rule decides, to show every source.
       if (std::string target = discovery_target(*snap, map, k, explain); !target.empty()) {
         std::string err;
-        if (!discoverer) discoverer = Discoverer::create(snap->settings.discovery, &err);
+        if (!discoverer) {
+          // MTA-STS: the daemon's persistent cache is read if this user can
+          // read it, and never created, written or moved aside (read only):
+          // a query run by anyone must not change the daemon's state. A
+          // policy fetched here lives only as long as this process.
+          std::shared_ptr<sts::PolicyStore> store;
+          const auto& m = snap->settings.discovery.mta_sts;
+          if (m.enabled)
+            store = std::make_shared<sts::PolicyStore>(m.cache_file, m.cache_entries, true,
+                                                       [](bool error, std::string_view msg) {
+                                                         if (error) fmt::print(stderr, "tlspolicy: {}\n", msg);
+                                                       });
+          discoverer = Discoverer::create(snap->settings.discovery, &err, std::move(store));
+        }
         facts = discoverer ? discover_wait(*discoverer, target)
                            : failed_facts(target, "DNS resolver not available: " + err);
       }

@@ -85,14 +85,22 @@ std::optional<std::string> rdata_text(RrType type, const uint8_t* p, size_t n) {
       return out;
     }
     case RrType::TXT: {
-      // One or more <length><bytes> character-strings, concatenated as
-      // RFC 7208 3.3 and RFC 8461 3.1 read them.
+      // One or more <character-string>s (RFC 1035 3.3.14), concatenated
+      // (RFC 8461 3.1). Control and non-ASCII bytes are escaped so logs and
+      // --explain stay one clean line; a valid STS record has none.
       if (n == 0) return std::nullopt;
       std::string out;
-      for (size_t i = 0; i < n;) {
+      size_t i = 0;
+      while (i < n) {
         size_t len = p[i++];
         if (i + len > n) return std::nullopt;
-        out.append(reinterpret_cast<const char*>(p + i), len);
+        for (size_t k = 0; k < len; ++k) {
+          uint8_t c = p[i + k];
+          if (c < 0x20 || c >= 0x7f || c == '\\')
+            out += fmt::format("\\{:03}", unsigned(c));
+          else
+            out += char(c);
+        }
         i += len;
       }
       return out;

@@ -36,7 +36,9 @@
 
 namespace tlspolicy {
 
-// TXT: data is the concatenated character-strings of each record.
+// TXT: each record's presentation is the concatenation of its
+// character-strings (what RFC 8461 3.1 parses), bytes outside printable
+// ASCII written \DDD.
 enum class RrType : uint16_t { A = 1, MX = 15, TXT = 16, AAAA = 28, TLSA = 52 };
 std::string_view rr_type_name(RrType t);
 

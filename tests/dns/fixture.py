@@ -62,6 +62,12 @@ CIDR 127.0.2.0/24, an address outside it):
                   starting with "mx") A open. Keep delays under ~1.8 s: unbound
                   gives up on an upstream after that (discard-timeout is 0
                   here, so the client then gets SERVFAIL, not silence).
+  sts.test        (unsigned) MTA-STS cases, STS_DOMAINS below: <d> MX 10
+                  mx.<d> (A tls) and _mta-sts.<d> TXT "v=STSv1; id=..." for
+                  enforce, wildcard, mismatch, testing, none, nopolicy,
+                  redirect, big, slow, wrongname, expired, idchange (TTL 2),
+                  split, twotxt, badtxt, notxt (no TXT), down; the policies
+                  are tests/sts/https_fixture.py's sts_sites()
   bulk.test       with --bulk N: d0 .. d<N-1> MX 10 mx.bulk.test; mx A open
                   (TTL and negative TTL 86400; the other zones have 300)
 
@@ -79,7 +85,10 @@ fixture.env (sourceable by sh) and fixture.json hold:
   empty), DNS_ANCHOR (anchor.ds), DNS_TLSA_GOOD DNS_TLSA_BAD (hex),
   DNS_TLS_CERT DNS_TLS_KEY (key empty if --tlsa-cert given), DNS_ADDR_TLS
   DNS_ADDR_ENC DNS_ADDR_OPEN, DNS_SLOW_MS, DNS_MINI_PORT, DNS_UNBOUND_PID,
-  DNS_FIXTURE_PID, DNS_DIR.
+  DNS_FIXTURE_PID, DNS_DIR, DNS_CONTROL ("unbound-control -c DIR/unbound.conf":
+  unbound's remote control on DIR/control.sock, e.g. $DNS_CONTROL local_data
+  '_mta-sts.idchange.sts.test. 2 IN TXT "v=STSv1; id=2"'; from Python
+  set_txt()).
 
 --plain-forwarder also starts a second unbound on 127.0.0.1:<free port>
 that forwards everything to the first one WITHOUT validating (no trust
@@ -120,6 +129,28 @@ import dns.rrset
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ADDRS = {"tls": "127.0.0.2", "enc": "127.0.2.25", "open": "127.0.0.3"}
 SIGNED_ZONES = ("dnssec.test", "bogus.test")
+# sts.test: (label, [TXT record data]) for the MTA-STS cases. The policy each
+# one serves is in tests/sts/https_fixture.py (sts_sites); keep them in step.
+STS_DOMAINS = [
+    ("enforce", ['"v=STSv1; id=enforce1"']),        # enforce, mx: mx.enforce.sts.test
+    ("wildcard", ['"v=STSv1; id=wild1"']),          # enforce, mx: *.wildcard.sts.test
+    ("mismatch", ['"v=STSv1; id=mismatch1"']),      # enforce, mx: mx.elsewhere.sts.test
+    ("testing", ['"v=STSv1; id=testing1"']),        # testing, mx: mx.testing.sts.test
+    ("none", ['"v=STSv1; id=none1"']),              # mode none
+    ("nopolicy", ['"v=STSv1; id=nopolicy1"']),      # HTTP 404: TXT without a policy file
+    ("redirect", ['"v=STSv1; id=redirect1"']),      # HTTP 301 to enforce's policy (refused)
+    ("big", ['"v=STSv1; id=big1"']),                # a body over 64 KiB
+    ("slow", ['"v=STSv1; id=slow1"']),              # enforce, answered after a delay
+    ("wrongname", ['"v=STSv1; id=wrongname1"']),    # certificate for another name
+    ("expired", ['"v=STSv1; id=expired1"']),        # expired certificate
+    ("idchange", ['"v=STSv1; id=idchange1"']),      # TTL 2: change it with set_txt()
+    ("split", ['"v=STSv1; " "id=split1"']),         # one record in two character-strings
+    ("twotxt", ['"v=STSv1; id=a1"', '"v=STSv1; id=a2"']),  # two STS records: no valid record
+    ("badtxt", ['"v=STSv2; id=bad1"']),             # not an STSv1 record: no valid record
+    ("notxt", []),                                  # MX only, no TXT record
+    ("down", ['"v=STSv1; id=down1"']),              # enforce; for tests that stop the HTTPS server
+]
+STS_TXT_TTL = {"idchange": 2}
 
 
 def die(msg):
@@ -197,6 +228,16 @@ def zone_records(a, good, bad, bulk, ports):
         "dangling MX 10 missing.plain.test.",
         "halfv4 MX 10 aaaaonly.servfail.test.",
     ]
+    # MTA-STS (RFC 8461) domains: the _mta-sts TXT record and the MX; the
+    # policy bodies are the HTTPS fixture's (tests/sts/https_fixture.py,
+    # sts_sites() serves the matching ones). Every MX host has address tls.
+    sts = []
+    for d, txt in STS_DOMAINS:
+        sts.append("%s MX 10 mx.%s" % (d, d))
+        sts.append("mx.%s A %s" % (d, tls))
+        for t in txt:
+            sts.append(("_mta-sts.%s %d TXT " % (d, STS_TXT_TTL.get(d, 300))) + t)
+    z["sts.test"] = sts
     if bulk:
         z["bulk.test"] = ["mx A " + opn] + ["d%d MX 10 mx" % i for i in range(bulk)]
     for zone, recs in z.items():
@@ -461,8 +502,13 @@ def unbound_conf(d, port, r53, mini_port, zones, log_queries=False):
         # test. is a default local zone (RFC 6761): let it resolve.
         '  local-zone: "test." transparent',
         "  rrset-cache-size: 64m", "  msg-cache-size: 32m",
+        # Remote control on a unix socket in DIR (no certificates, reachable
+        # only through the file system): set_txt() and tests change records at
+        # run time with `unbound-control -c DIR/unbound.conf local_data ...`.
         "remote-control:",
-        "  control-enable: no",
+        "  control-enable: yes",
+        '  control-interface: "%s/control.sock"' % d,
+        "  control-use-cert: no",
     ]
     for z in zones:
         lines += [
@@ -535,6 +581,34 @@ def ready(port, timeout):
             pass
         time.sleep(0.05)
     return False
+
+
+def control(fx, *args):
+    """Runs unbound-control against the fixture in fx (the DNS_* dict);
+    raises RuntimeError with its output when it fails."""
+    conf = os.path.join(fx["DNS_DIR"], "unbound.conf")
+    p = subprocess.run(["unbound-control", "-c", conf, *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=20)
+    if p.returncode != 0 or p.stdout.strip() not in ("ok", ""):
+        raise RuntimeError("unbound-control %s: %s%s" % (" ".join(args), p.stdout, p.stderr))
+    return p.stdout
+
+
+def set_txt(fx, owner, records, ttl=2):
+    """Replaces the TXT records of owner (absolute or relative to nothing:
+    "_mta-sts.idchange.sts.test") at run time: unbound answers local data
+    before its auth-zones and its cache, so the next query sees it.
+    records: list of TXT data in zone syntax ('"v=STSv1; id=2"'); [] leaves
+    the name with no TXT record (NODATA). A client's own cache keeps the old
+    answer for its TTL (2 s for the idchange record)."""
+    owner = owner.rstrip(".") + "."
+    control(fx, "local_data_remove", owner)
+    if not records:
+        # An empty TXT rrset is not expressible: a record of another type
+        # makes the name exist with no TXT (NODATA).
+        control(fx, "local_data", "%s %d IN NULL \\# 0" % (owner, ttl))
+    for r in records:
+        control(fx, "local_data", "%s %d IN TXT %s" % (owner, ttl, r))
 
 
 def spawn(d, *args, timeout=60):
@@ -708,6 +782,7 @@ def main():
         "DNS_ADDR_OPEN": addrs["open"], "DNS_SLOW_MS": args.slow_ms,
         "DNS_MINI_PORT": mini_port, "DNS_UNBOUND_PID": proc.pid,
         "DNS_FIXTURE_PID": os.getpid(), "DNS_PLAIN_FORWARDER": plain_fwd,
+        "DNS_CONTROL": "unbound-control -c %s" % conf,
     }
     with open(os.path.join(d, "fixture.json.tmp"), "w") as f:
         json.dump(env, f, indent=1)

@@ -1,3 +1,4 @@
+#!/usr/bin/python3
 """An HTTPS fixture for MTA-STS tests: a test CA and server certificates made
 with openssl at test time, and a threaded HTTPS server on 127.0.0.1 (a free
 port) that serves https://mta-sts.<domain>/.well-known/mta-sts.txt for many
@@ -9,12 +10,26 @@ against the real name.
 Behaviours (Site.kind): "policy" (200 with body and content_type), "redirect",
 "status" (any code), "big" (declared Content-Length), "chunked" (no length),
 "slow" (delay before the answer). Every request is counted per host.
+
+Used in-process by Python tests (`with HttpsFixture(cert, sites) as fx:`, or
+fx.start() / fx.stop()); fx.set_site(domain, Site(...)) changes what a domain
+serves while it runs. sts_sites(pki) gives the sites that match the DNS
+fixture's sts.test zone (tests/dns/fixture.py, STS_DOMAINS).
+
+As a process, for shell tests (see tests/sts/README.md):
+  https_fixture.py --dir D [--port P] [--slow-s S]
+makes the test CA and certificates in D, serves sts_sites() and writes
+D/https.json (and D/https.env: STS_PORT STS_CA STS_CONNECT_TO STS_PID) once
+it listens. SIGHUP rereads D/sites.json ({"domain": {"kind": ..., "body":
+..., "mode": ..., "mx": [...], "max_age": N, "status": N, "delay": S}}, on
+top of the standard sites; a null value removes a domain: 404); SIGTERM stops.
 """
 import http.server
 import os
 import socketserver
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
@@ -163,14 +178,138 @@ class HttpsFixture:
             sslsock.context = ctx
         return None
 
+    def set_site(self, domain, site):
+        """What mta-sts.<domain> serves from now on (None: 404)."""
+        with self.lock:
+            if site is None:
+                self.sites.pop(domain, None)
+            else:
+                self.sites[domain] = site
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        """Stops serving and closes the listening socket (connections are
+        refused from now on)."""
+        self.server.shutdown()
+        self.server.server_close()
+
     def connect_to(self, domains):
         """libcurl CONNECT_TO entries sending mta-sts.<d>:443 here."""
         return ["mta-sts.%s:443:127.0.0.1:%d" % (d, self.port) for d in domains]
 
     def __enter__(self):
-        self.thread.start()
-        return self
+        return self.start()
 
     def __exit__(self, *a):
-        self.server.shutdown()
-        self.server.server_close()
+        self.stop()
+
+
+# The sts.test domains of the DNS fixture (tests/dns/fixture.py, STS_DOMAINS)
+# and what each serves. MX host of every domain: mx.<domain> (address tls).
+STS_ZONE = "sts.test"
+STS_LABELS = ["enforce", "wildcard", "mismatch", "testing", "none", "nopolicy", "redirect", "big",
+              "slow", "wrongname", "expired", "idchange", "split", "twotxt", "badtxt", "notxt", "down"]
+
+
+def sts_domains():
+    return ["%s.%s" % (l, STS_ZONE) for l in STS_LABELS]
+
+
+def sts_sites(pki, slow_s=6.0):
+    """{domain: Site} for the sts.test zone; certificates issued by pki (one
+    for every well-named site, one for another name, one expired)."""
+    z = STS_ZONE
+    good = pki.issue("sts-good", ["mta-sts.%s.%s" % (l, z) for l in STS_LABELS
+                                  if l not in ("wrongname", "expired")])
+    wrong = pki.issue("sts-wrong", ["mta-sts.other.%s" % z])
+    expired = pki.issue("sts-expired", ["mta-sts.expired.%s" % z], days=-1)
+
+    def enf(label, mx=None, cert_override=None, **kw):
+        return Site(body=policy("enforce", mx or ["mx.%s.%s" % (label, z)]),
+                    cert=cert_override or good, **kw)
+    return {
+        "enforce." + z: enf("enforce"),
+        "wildcard." + z: enf("wildcard", ["*.wildcard." + z]),
+        "mismatch." + z: enf("mismatch", ["mx.elsewhere." + z]),
+        "testing." + z: Site(body=policy("testing", ["mx.testing." + z]), cert=good),
+        "none." + z: Site(body=policy("none", max_age=86400), cert=good),
+        # nopolicy: absent, 404
+        "redirect." + z: Site(kind="redirect", status=301, cert=good,
+                              location="https://mta-sts.enforce.%s/.well-known/mta-sts.txt" % z),
+        "big." + z: Site(kind="big", size=70000, cert=good),
+        "slow." + z: enf("slow", delay=slow_s),
+        "wrongname." + z: enf("wrongname", cert_override=wrong),
+        "expired." + z: enf("expired", cert_override=expired),
+        "idchange." + z: enf("idchange"),
+        "split." + z: enf("split"),
+        "twotxt." + z: enf("twotxt"),
+        "badtxt." + z: enf("badtxt"),
+        "notxt." + z: enf("notxt"),
+        "down." + z: enf("down"),
+    }, good
+
+
+def _site_from_json(v, cert):
+    if "body" not in v and "mode" in v:
+        v = dict(v, body=policy(v["mode"], v.get("mx", []), v.get("max_age", 86400)))
+    return Site(kind=v.get("kind", "policy"), body=v.get("body", ""),
+                content_type=v.get("content_type", "text/plain"), status=v.get("status", 200),
+                location=v.get("location", ""), size=v.get("size", 0), delay=v.get("delay", 0.0),
+                cert=cert)
+
+
+def main():
+    import argparse
+    import json
+    import signal
+    ap = argparse.ArgumentParser(description="HTTPS fixture for MTA-STS tests (sts.test sites)")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--slow-s", type=float, default=6.0, help="delay of slow.sts.test")
+    args = ap.parse_args()
+    d = os.path.abspath(args.dir)
+    os.makedirs(d, exist_ok=True)
+    pki = Pki(d)
+    sites, good = sts_sites(pki, args.slow_s)
+    fx = HttpsFixture(good, sites, port=args.port)
+    base = dict(sites)
+
+    def reload(*_):
+        path = os.path.join(d, "sites.json")
+        try:
+            with open(path) as f:
+                over = json.load(f)
+        except (OSError, ValueError) as e:
+            print("https fixture: %s: %s" % (path, e), file=sys.stderr, flush=True)
+            return
+        for dom, site in base.items():
+            fx.set_site(dom, site)
+        for dom, v in over.items():
+            fx.set_site(dom, None if v is None else _site_from_json(v, good))
+        print("https fixture: reloaded %s" % path, flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    fx.start()
+    env = {"STS_PORT": fx.port, "STS_CA": pki.ca, "STS_PID": os.getpid(),
+           "STS_CONNECT_TO": " ".join(fx.connect_to(sts_domains())), "STS_DIR": d}
+    with open(os.path.join(d, "https.json.tmp"), "w") as f:
+        json.dump(env, f, indent=1)
+    with open(os.path.join(d, "https.env.tmp"), "w") as f:
+        for k, v in env.items():
+            f.write("%s='%s'\n" % (k, v))
+    os.rename(os.path.join(d, "https.json.tmp"), os.path.join(d, "https.json"))
+    os.rename(os.path.join(d, "https.env.tmp"), os.path.join(d, "https.env"))
+    print("https fixture ready on 127.0.0.1:%d, CA %s" % (fx.port, pki.ca), flush=True)
+    while not stop.wait(0.2):
+        pass
+    fx.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -98,6 +98,9 @@ until listening "$PS" && listening "$PD"; do
   sleep 0.1
 done
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+# utime and stime of a process, in clock ticks (fields 14 and 15 of
+# /proc/PID/stat, counted after the ")" that ends the command name).
+cpu() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
 field() { echo "$2" | tr ' ' '\n' | sed -n "s|^$1=||p" | tr -d 'us'; }
 
 a=$(echo "tls-policy d0.bulk.test" | awk '{ printf "%d:%s,", length($0), $0 }')
@@ -162,19 +165,29 @@ echo
 
 # --------------------------------------------------------- cache hits --
 echo "3. cache hits ($N destinations cached), best of $ROUNDS interleaved rounds of $SECS s:"
-printf '  %-5s %-10s %10s %9s %9s %7s\n' conns server req/s p50_us p99_us failed
+printf '  %-5s %-10s %10s %9s %9s %7s %15s\n' conns server req/s p50_us p99_us failed cpu_us/req_usr/sys
 : >"$OUT/runs.txt"
 for c in 1 32 256; do
   for _ in $(seq "$ROUNDS"); do
     for server in static discovery; do
       port=$PS; [ $server = discovery ] && port=$PD
-      "$B/socketmap_load" "$port" tls-policy "$OUT/hit.keys" "$c" "$SECS" | tail -1 | sed "s/^/$server /" >>"$OUT/runs.txt" || true
+      pid=$SPID; [ $server = discovery ] && pid=$DPID
+      c0=$(cpu "$pid")
+      line=$("$B/socketmap_load" "$port" tls-policy "$OUT/hit.keys" "$c" "$SECS" | tail -1) || true
+      c1=$(cpu "$pid")
+      # The daemon's own CPU (user, system) per request over the run: less
+      # at the mercy of other load than req/s.
+      cpr=$(awk -v a="$c0" -v b="$c1" -v n="$(field requests "$line")" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        if (n > 0) printf "cpu_us=%.1f/%.1f", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }')
+      echo "$server $line $cpr" >>"$OUT/runs.txt"
     done
   done
   for server in static discovery; do
     line=$(grep "^$server connections=$c " "$OUT/runs.txt" | awk -F'req/s=' '{ split($2, a, " "); print a[1], $0 }' | sort -n -r | head -1 | cut -d' ' -f2-)
     rps=$(field 'req/s' "$line"); p50=$(field p50 "$line"); p99=$(field p99 "$line"); failed=$(field failed "$line")
-    printf '  %-5s %-10s %10s %9s %9s %7s\n' "$c" "$server" "$rps" "$p50" "$p99" "$failed"
+    cpr=$(echo "$line" | tr ' ' '\n' | sed -n 's|^cpu_us=||p')
+    printf '  %-5s %-10s %10s %9s %9s %7s %15s\n' "$c" "$server" "$rps" "$p50" "$p99" "$failed" "$cpr"
     eval "${server}_rps_$c=$rps ${server}_p99_$c=$p99"
   done
 done
@@ -183,5 +196,14 @@ for c in 1 32 256; do
   awk -v c="$c" -v a="$a" -v b="$b" -v pa="$pa" -v pb="$pb" 'BEGIN {
     r = (b > 0 ? a / b : 0); q = (pb > 0 ? pa / pb : 0)
     printf "  C=%-4s hits/static req/s %.2f (goal >= 0.90: %s), p99 %.2fx static\n", c, r, (r >= 0.9 ? "MET" : "MISSED"), q }'
+done
+# Mean over every round: the daemon's CPU per request, user + system.
+for c in 1 32 256; do
+  grep " connections=$c " "$OUT/runs.txt" | sed 's|cpu_us=\([0-9.]*\)/\([0-9.]*\)|cpu \1 \2|' | awk -v c="$c" '
+    { for (i = 1; i < NF; i++) if ($i == "cpu") { u[$1] += $(i + 1); k[$1] += $(i + 2); n[$1]++ } }
+    END { if (n["static"] && n["discovery"]) {
+      su = u["static"] / n["static"]; sk = k["static"] / n["static"]; du = u["discovery"] / n["discovery"]; dk = k["discovery"] / n["discovery"]
+      printf "  C=%-4s daemon CPU per request (user+sys, mean of the rounds): static %.1f+%.1f us, hits %.1f+%.1f us (%.2fx)\n",
+        c, su, sk, du, dk, (su + sk > 0 ? (du + dk) / (su + sk) : 0) } }'
 done
 echo "  RSS after the runs: discovery $(($(rss "$DPID") / 1024)) MiB, static $(($(rss "$SPID") / 1024)) MiB"

@@ -157,22 +157,13 @@ void Discoverer::fail_all(const std::string& why) {
 }
 
 Discoverer::Facts Discoverer::cached_facts(const std::string& destination) {
-  auto it = facts_.find(destination);
-  if (it == facts_.end()) return nullptr;
-  if (Clock::now() >= it->second.expires) {
-    facts_lru_.erase(it->second.lru);
-    facts_.erase(it);
-    return nullptr;
-  }
-  facts_lru_.splice(facts_lru_.begin(), facts_lru_, it->second.lru);
-  return it->second.facts;
+  return facts_.get(destination, Clock::now());
 }
 
 // A completed discovery's facts, kept while every answer they rest on is
 // still in the resolver's cache (not when one was not cached at all: TTL 0).
 void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
-  size_t cap = settings().cache_entries;
-  if (cap == 0) return;
+  if (facts_.max_entries() == 0) return;
   auto now = Clock::now();
   auto expires = Clock::time_point::max();
   for (auto& [name, type] : j->asked) expires = std::min(expires, resolver_->expiry(name, type));
@@ -187,27 +178,13 @@ void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
     expires = std::min(expires, now + std::chrono::seconds(std::max<int64_t>(0, keep)));
   }
   if (expires <= now) return;
-  auto [e, fresh] = facts_.try_emplace(j->dest);
-  if (fresh) {
-    facts_lru_.push_front(j->dest);
-    e->second.lru = facts_lru_.begin();
-  } else {
-    facts_lru_.splice(facts_lru_.begin(), facts_lru_, e->second.lru);
-  }
-  e->second.facts = j->facts;
-  e->second.expires = expires;
-  while (facts_.size() > cap) {
-    facts_.erase(facts_lru_.back());
-    facts_lru_.pop_back();
-  }
+  // Kept for hours: no spare capacity (complete() grows `answers` by
+  // push_back, 4 slots for 3 answers: ~140 of ~1900 bytes per destination).
+  j->facts->answers.shrink_to_fit();
+  facts_.put(j->dest, j->facts, expires);
 }
 
-void Discoverer::uncache_facts(const std::string& destination) {
-  auto it = facts_.find(destination);
-  if (it == facts_.end()) return;
-  facts_lru_.erase(it->second.lru);
-  facts_.erase(it);
-}
+void Discoverer::uncache_facts(const std::string& destination) { facts_.erase(destination); }
 
 Discoverer::Facts Discoverer::discover(const std::string& destination, Done done) {
   if (Facts f = cached_facts(destination)) {

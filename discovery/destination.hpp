@@ -14,12 +14,12 @@
 #include <chrono>
 #include <deque>
 #include <functional>
-#include <list>
 #include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "discovery/facts_cache.hpp"
 #include "discovery/resolver.hpp"
 #include "discovery/sts_fetch.hpp"
 #include "discovery/sts_store.hpp"
@@ -89,7 +89,7 @@ class Discoverer {
     std::vector<std::weak_ptr<Job>> jobs;
     std::vector<std::string> dests;  // destinations whose cached facts it changes
   };
-  explicit Discoverer(std::unique_ptr<Resolver> r) : resolver_(std::move(r)) {}
+  explicit Discoverer(std::unique_ptr<Resolver> r) : facts_(r->settings().cache_entries), resolver_(std::move(r)) {}
   void start(const std::shared_ptr<Job>& j);
   void ask(const std::shared_ptr<Job>& j, const std::string& name, RrType type, size_t* slot);
   void on_mx(const std::shared_ptr<Job>& j);
@@ -100,14 +100,9 @@ class Discoverer {
 
   // Completed destinations, until the first of their answers expires in
   // the resolver's cache: a hit is one hash lookup, not five plus copies,
-  // so cache hits answer at static-rule speed. LRU-bounded by cache_entries.
-  struct Cached {
-    Facts facts;
-    Clock::time_point expires;
-    std::list<std::string>::iterator lru;
-  };
-  std::unordered_map<std::string, Cached> facts_;
-  std::list<std::string> facts_lru_;  // most recently used first
+  // so cache hits answer at static-rule speed. Bounded by cache_entries
+  // (CLOCK eviction; discovery/facts_cache.hpp).
+  FactsCache facts_;
   Facts cached_facts(const std::string& destination);
   void cache_facts(const std::shared_ptr<Job>& j);
   void uncache_facts(const std::string& destination);

@@ -16,12 +16,17 @@
 #   wildcard.sts.test  enforce, mx: *.wildcard.sts.test
 #   mismatch.sts.test  enforce, mx: mx.elsewhere.sts.test (does not cover its MX)
 #   testing.sts.test   testing (reported, not enforced)
+#   down.sts.test      enforce, mx: mx.down.sts.test; an admin rule "may"
+#                      with override = true (a broken partner's exception)
+#   idchange.sts.test  enforce, mx: mx.idchange.sts.test; an admin rule "may"
+#                      without override (the stricter MTA-STS policy wins)
 # HTTPS: reached by tlspolicyd through mta_sts.connect_to (libcurl
 # CONNECT_TO: the certificate is still checked for mta-sts.<domain>, against
 # mta_sts.ca_file = the test CA).
 # Sink "tls" on 127.0.0.2: STARTTLS with a certificate from the same test CA
 # naming mx.enforce/mx.wildcard/mx.mismatch/mx.testing.sts.test, so the only
-# thing wrong with mismatch.sts.test is its policy's mx pattern.
+# thing wrong with mismatch.sts.test is its policy's mx pattern (mx.down and
+# mx.idchange are not named: those domains pass only without MTA-STS).
 # tlspolicyd: default may, discovery forwarding to the DNS fixture, mta_sts
 # on, its persistent cache in the test directory.
 #
@@ -37,6 +42,9 @@
 #   2. (b) u@enforce.sts.test, u@wildcard.sts.test: delivered over TLS,
 #      maillog "Verified TLS connection established to mx.<domain>";
 #      u@testing.sts.test delivered too (testing mode enforces nothing).
+#   2b. precedence: down.sts.test answers "may" (the override rule wins) and
+#      its mail is delivered; idchange.sts.test answers MTA-STS's secure (a
+#      weaker rule without override loses) and its mail is deferred.
 #   3. (c) tlspolicyd stopped, the HTTPS fixture stopped, tlspolicyd started
 #      again on the same cache: the same answers (the fixture is down, so
 #      they come from the cache); new mail to mismatch deferred, to enforce
@@ -188,7 +196,9 @@ discovery = {
   };
 };
 outbound = (
-  { name = "partners"; level = "encrypt"; to = [ "partner.test" ]; }
+  { name = "partners"; level = "encrypt"; to = [ "partner.test" ]; },
+  { name = "broken-partner"; level = "may"; override = true; to = [ "down.sts.test" ]; },
+  { name = "weak-rule"; level = "may"; to = [ "idchange.sts.test" ]; }
 );
 daemon = { socketmap = [ "inet:127.0.0.1:$TD_PORT" ]; };
 EOF
@@ -213,6 +223,8 @@ send s@src.test u@mismatch.sts.test
 send s@src.test u@enforce.sts.test
 send s@src.test u@wildcard.sts.test
 send s@src.test u@testing.sts.test
+send s@src.test u@down.sts.test
+send s@src.test u@idchange.sts.test
 
 # verified_to STEP HOST FROM_LINE: maillog (from line FROM_LINE on) has
 # "Verified TLS connection established to HOST[127.0.0.2]".
@@ -271,6 +283,23 @@ else
     fail "2 u@testing.sts.test: nothing at the tls sink; queue: '$(q_reasons u@testing.sts.test | head -n1)'"
 fi
 
+# ------------------------------------------------ 2b. precedence --
+
+for c in "down.sts.test may" "idchange.sts.test secure match=mx.idchange.sts.test servername=hostname"; do
+    read -r key want <<<"$c"
+    got=$(sm_raw tls-policy "$key")
+    case $got in
+        "OK $want") ok "2b socketmap $key: $got" ;;
+        *) fail "2b socketmap $key: '$got', want 'OK $want'" ;;
+    esac
+done
+if wait_for "[ -n \"\$(sink_got tls u@down.sts.test)\" ]" "$MSG_TIMEOUT"; then
+    ok "2b u@down.sts.test (override = true: may) delivered"
+else
+    fail "2b u@down.sts.test: nothing at the tls sink; queue: '$(q_reasons u@down.sts.test | head -n1)'"
+fi
+deferred 2b u@idchange.sts.test
+
 # ------------------------- 3. restart with the HTTPS fixture down --
 
 e2e_daemon_stop tlspolicyd
@@ -290,7 +319,7 @@ deferred 3 u2@mismatch.sts.test
 
 pf_flush >/dev/null 2>&1 || true
 sleep 3
-for r in u@mismatch.sts.test u2@mismatch.sts.test; do
+for r in u@mismatch.sts.test u2@mismatch.sts.test u@idchange.sts.test; do
     check "4 after a flush: nothing for $r at the sink, still queued" \
         test -z "$(sink_got tls "$r")" -a -n "$(q_reasons "$r")"
 done

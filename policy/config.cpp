@@ -60,6 +60,7 @@ constexpr Key kOutboundKeys[] = {
     {"to_lists", Type::strings}, {"from", Type::strings},    {"from_lists", Type::strings},
     {"subdomains", Type::boolean}, {"transport", Type::string}, {"min_cipher_bits", Type::integer},
     {"on_failure", Type::string}, {"enabled", Type::boolean},   {"on_dns_failure", Type::string},
+    {"override", Type::boolean},
 };
 constexpr Key kInboundKeys[] = {
     {"name", Type::string},         {"from", Type::strings},       {"from_lists", Type::strings},
@@ -81,7 +82,15 @@ constexpr Key kDiscoveryKeys[] = {
     {"deadline", Type::integer},        {"max_outstanding", Type::integer},
     {"cache_entries", Type::integer},   {"negative_ttl_max", Type::integer},
     {"failure_ttl", Type::integer},     {"dane", Type::string},
-    {"on_dns_failure", Type::string},
+    {"on_dns_failure", Type::string},   {"mta_sts", Type::group},
+    {"prefer", Type::string},
+};
+constexpr Key kMtaStsKeys[] = {
+    {"enabled", Type::boolean},         {"ca_file", Type::string},
+    {"cache", Type::string},            {"cache_entries", Type::integer},
+    {"connect_timeout", Type::integer}, {"fetch_timeout", Type::integer},
+    {"max_size", Type::integer},        {"max_fetches", Type::integer},
+    {"tlsrpt", Type::boolean},          {"connect_to", Type::strings},
 };
 constexpr Key kMilterKeys[] = {
     {"header", Type::string},          {"header_require", Type::string},
@@ -193,6 +202,22 @@ class Loader {
   void read_daemon(const Setting& g);
   void read_milter(const Setting& g);
   void read_discovery(const Setting& g);
+  void read_mta_sts(const Setting& g);
+  // A number setting of group g within [min, max]; reports one outside.
+  struct Range {
+    const char* key;
+    long long min, max;
+    const char* unit;
+  };
+  std::optional<long long> number(const Setting& g, const Range& r) {
+    if (!g.exists(r.key)) return std::nullopt;
+    long long v = as_int(g[r.key]);
+    if (v < r.min || v > r.max) {
+      error(g[r.key], fmt::format("{} = {} must be {}..{}{}", r.key, v, r.min, r.max, r.unit));
+      return std::nullopt;
+    }
+    return v;
+  }
   std::optional<bool> parse_on_dns_failure(const Setting& v);
   void finish_discovery();
   std::optional<Entry> parse_mx_entry(std::string_view text, Dimension dim, std::string* problem);
@@ -572,6 +597,7 @@ void Loader::read_outbound(const Setting& r, int index) {
     auto f = parse_on_dns_failure(r["on_dns_failure"]);
     if (f) rule.dns_failure_defers = *f;
   }
+  if (r.exists("override")) rule.override_discovery = r["override"];
   bool has_to = r.exists("to") || r.exists("to_lists");
   bool has_from = r.exists("from") || r.exists("from_lists");
   if (!has_to && !has_from) {
@@ -593,6 +619,17 @@ void Loader::read_outbound(const Setting& r, int index) {
   add_entries(r, "to", "to_lists", off ? off->destinations : snap_->destinations, Dimension::destination, sub, id);
   add_entries(r, "from", "from_lists", off ? off->senders : snap_->senders, Dimension::sender, sub, id);
   const Rule& added = snap_->rules[id];
+  if (r.exists("override") && added.override_discovery) {
+    const auto& d = snap_->settings.discovery;
+    if (!d.configured)
+      warn(r["override"], fmt::format("rule \"{}\": override = true has no effect without a discovery block "
+                                      "(nothing is discovered that it could override)",
+                                      added.name));
+    else if (d.dane == DaneMode::off && !d.mta_sts.enabled)
+      warn(r["override"], fmt::format("rule \"{}\": override = true has no effect: neither DANE (dane = \"off\") "
+                                      "nor MTA-STS (no mta_sts block) is on",
+                                      added.name));
+  }
   if (r.exists("on_dns_failure") && !snap_->settings.discovery.configured)
     warn(r["on_dns_failure"], fmt::format("rule \"{}\": on_dns_failure has no effect without a discovery block "
                                           "(no DNS is asked)",
@@ -860,6 +897,85 @@ std::optional<bool> Loader::parse_on_dns_failure(const Setting& v) {
   return std::nullopt;
 }
 
+// "HOST:PORT:ADDRESS:PORT", as libcurl's CURLOPT_CONNECT_TO takes it
+// (ADDRESS an IP, "[IPv6]" or a name): where a test sends the fetch of
+// https://HOST:PORT/ instead. Checked here so a typo is an error with a line,
+// not a fetch that silently goes to the real host.
+bool valid_connect_to(std::string_view v) {
+  std::vector<std::string_view> parts;
+  while (true) {
+    size_t end;
+    if (v.starts_with("[")) {
+      auto close = v.find(']');
+      if (close == std::string_view::npos) return false;
+      end = close + 1;
+      if (end < v.size() && v[end] != ':') return false;
+    } else {
+      end = std::min(v.find(':'), v.size());
+    }
+    parts.push_back(v.substr(0, end));
+    if (end >= v.size()) break;
+    v.remove_prefix(end + 1);
+  }
+  if (parts.size() != 4) return false;
+  auto port = [](std::string_view p) {
+    if (p.empty() || p.size() > 5) return false;
+    int n = 0;
+    for (char c : p) {
+      if (c < '0' || c > '9') return false;
+      n = n * 10 + (c - '0');
+    }
+    return n > 0 && n < 65536;
+  };
+  auto host = [](std::string_view h) {
+    if (h.starts_with("[") && h.ends_with("]")) return parse_ip(h.substr(1, h.size() - 2)).has_value();
+    return parse_ip(h).has_value() || (!h.empty() && valid_domain_pattern(lowercase(h)));
+  };
+  return host(parts[0]) && port(parts[1]) && host(parts[2]) && port(parts[3]);
+}
+
+// discovery = { mta_sts = { ... }; }: present means on, unless enabled = false.
+void Loader::read_mta_sts(const Setting& g) {
+  check_keys(g, kMtaStsKeys, "mta_sts");
+  auto& m = snap_->settings.discovery.mta_sts;
+  m.enabled = g.exists("enabled") ? bool(g["enabled"]) : true;
+  auto absolute = [&](const char* key, std::string* out, std::string_view example) {
+    if (!g.exists(key)) return false;
+    *out = g[key].c_str();
+    if (out->starts_with("/")) return true;
+    error(g[key], fmt::format("{} = \"{}\" must be an absolute path (e.g. {})", key, *out, example));
+    return false;
+  };
+  if (absolute("ca_file", &m.ca_file, "/etc/ssl/certs/ca-certificates.crt") &&
+      ::access(m.ca_file.c_str(), R_OK) != 0)
+    error(g["ca_file"], fmt::format("ca_file \"{}\": {}: MTA-STS policies are fetched over HTTPS and their "
+                                    "certificates validated against it; leave ca_file out for the system's CA "
+                                    "store",
+                                    m.ca_file, std::strerror(errno)));
+  absolute("cache", &m.cache_file, "/var/lib/tlspolicy/mta-sts.db");
+  if (auto v = number(g, {"cache_entries", 1, 100000000, " (MTA-STS policies kept)"})) m.cache_entries = size_t(*v);
+  if (auto v = number(g, {"connect_timeout", 50, 300000, " milliseconds (one HTTPS connection)"}))
+    m.connect_timeout_ms = int(*v);
+  if (auto v = number(g, {"fetch_timeout", 50, 600000, " milliseconds (one policy fetch)"}))
+    m.fetch_timeout_ms = int(*v);
+  if (auto v = number(g, {"max_size", 64, 16 * 1024 * 1024, " bytes (the policy file size limit)"}))
+    m.max_size = size_t(*v);
+  if (auto v = number(g, {"max_fetches", 1, 1000000, " (domains fetched at once)"})) m.max_fetches = size_t(*v);
+  if (g.exists("tlsrpt")) m.tlsrpt = g["tlsrpt"];
+  if (g.exists("connect_to"))
+    for (auto& it : strings(g["connect_to"])) {
+      if (!valid_connect_to(it.text))
+        error(it.file, it.line, fmt::format("connect_to \"{}\" is not HOST:PORT:ADDRESS:PORT (e.g. "
+                                            "\"mta-sts.a.test:443:127.0.0.1:4443\", for tests)",
+                                            it.text));
+      m.connect_to.push_back(it.text);
+    }
+  if (m.connect_timeout_ms > m.fetch_timeout_ms)
+    warn(g, fmt::format("mta_sts: connect_timeout ({} ms) is longer than fetch_timeout ({} ms): a fetch gives up "
+                        "before a slow connection does",
+                        m.connect_timeout_ms, m.fetch_timeout_ms));
+}
+
 // "IP" or "IP@PORT", as libunbound's ub_ctx_set_fwd() takes it.
 bool valid_forwarder(std::string_view f) {
   auto at = f.rfind('@');
@@ -889,20 +1005,7 @@ void Loader::read_discovery(const Setting& g) {
       d.forwarders.push_back(it.text);
     }
   if (g.exists("trust_forwarder_ad")) d.trust_forwarder_ad = g["trust_forwarder_ad"];
-  struct Range {
-    const char* key;
-    long long min, max;
-    const char* unit;
-  };
-  auto number = [&](const Range& r) -> std::optional<long long> {
-    if (!g.exists(r.key)) return std::nullopt;
-    long long v = as_int(g[r.key]);
-    if (v < r.min || v > r.max) {
-      error(g[r.key], fmt::format("{} = {} must be {}..{}{}", r.key, v, r.min, r.max, r.unit));
-      return std::nullopt;
-    }
-    return v;
-  };
+  auto number = [&](const Range& r) { return this->number(g, r); };
   if (auto v = number({"query_timeout", 50, 60000, " milliseconds (one DNS question)"})) d.query_timeout_ms = int(*v);
   if (auto v = number({"deadline", 50, 60000, " milliseconds (one socketmap request waiting for DNS)"}))
     d.deadline_ms = int(*v);
@@ -928,6 +1031,22 @@ void Loader::read_discovery(const Setting& g) {
   if (g.exists("on_dns_failure")) {
     auto f = parse_on_dns_failure(g["on_dns_failure"]);
     if (f) d.dns_failure_defers = *f;
+  }
+  if (g.exists("mta_sts")) read_mta_sts(g["mta_sts"]);
+  if (g.exists("prefer")) {
+    std::string w = g["prefer"].c_str();
+    if (w == "dane")
+      d.order = {DiscoveredSource::dane, DiscoveredSource::mta_sts};
+    else if (w == "mta-sts")
+      d.order = {DiscoveredSource::mta_sts, DiscoveredSource::dane};
+    else
+      error(g["prefer"], fmt::format("prefer = \"{}\": use \"dane\" (DANE first, MTA-STS where DANE has no "
+                                     "answer: RFC 8461 section 2) or \"mta-sts\" (MTA-STS first)",
+                                     printable(w)));
+    if ((w == "dane" || w == "mta-sts") && (d.dane == DaneMode::off || !d.mta_sts.enabled))
+      warn(g["prefer"], fmt::format("prefer = \"{}\" has no effect: {} is off (it orders DANE and MTA-STS when "
+                                    "both are on)",
+                                    w, d.dane == DaneMode::off ? "DANE (dane = \"off\")" : "MTA-STS (no mta_sts block)"));
   }
   // The trust anchor: needed for DANE (a DANE answer needs DNSSEC-secure
   // facts) unless a trusted forwarder validates. MX-aware rules use insecure
@@ -991,10 +1110,10 @@ void Loader::finish_discovery() {
       aware = true;
       s.mx_aware_defers |= r.dns_failure_defers;
     }
-  s.needs_dns = d.configured && (aware || d.dane != DaneMode::off);
+  s.needs_dns = d.configured && (aware || d.dane != DaneMode::off || d.mta_sts.enabled);
   if (d.configured && !s.needs_dns && result_.errors.empty())
     warn(path_, 0, "a discovery block is configured, but nothing uses it (no enabled outbound rule has IP, "
-                   "CIDR or mx: entries, and dane = \"off\"): no DNS query will be sent");
+                   "CIDR or mx: entries, dane = \"off\" and no mta_sts block): no DNS query will be sent");
 }
 
 // on_failure = "defer" | "bounce"; reports anything else.

@@ -5,6 +5,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <ctime>
+
 namespace tlspolicy {
 
 std::optional<MapName> parse_map_name(std::string_view n) {
@@ -152,6 +155,7 @@ Answer tls_policy(const Snapshot& s, std::string_view key, bool explain) {
   if (rule != kNone) {
     a.found = true;
     a.value = s.rules[rule].policy.value();
+    a.source = s.rules[rule].is_default ? "default" : "rule";
   }
   if (explain) {
     a.trail = std::move(trail);
@@ -584,14 +588,16 @@ Verdict check_inbound_recipient(const Snapshot& s, std::string_view rcpt, std::s
 }
 
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain) {
+  Answer a;
   switch (map) {
     case MapName::tls_policy: return tls_policy(s, key, explain);
-    case MapName::transport: return transport(s, key, explain);
-    case MapName::sender_transport: return sender_transport(s, key, explain);
-    case MapName::inbound: return inbound(s, key, explain);
-    case MapName::sendmail_access: return sendmail_access(s, key, explain);
+    case MapName::transport: a = transport(s, key, explain); break;
+    case MapName::sender_transport: a = sender_transport(s, key, explain); break;
+    case MapName::inbound: a = inbound(s, key, explain); break;
+    case MapName::sendmail_access: a = sendmail_access(s, key, explain); break;
   }
-  return {};
+  if (a.found && a.rule != kNone) a.source = s.rules[a.rule].is_default ? "default" : "rule";
+  return a;
 }
 
 namespace {
@@ -646,14 +652,21 @@ std::string answer_line(const DnsRecordSet& r) {
                      r.ttl);
 }
 
-// What discovery makes of the facts, before a rule for the name is considered.
+// What the facts say, source by source, before the merge in query():
+// whether DNS failed (MX-aware rules and DANE unknown), the strictest
+// MX-aware rule an MX host matches, and DANE's answer. MTA-STS is read from
+// facts.sts directly.
 struct Outcome {
-  enum Kind { none, temp, by_rule, dane } kind = none;
-  std::string value;        // TEMP reason, the rule's level, or dane / dane-only
-  uint32_t rule = kNone;    // the MX-aware rule that decided
-  std::vector<Step> steps;  // MX-aware matches, the deciding one first
-  std::string dane_note;    // the DANE assessment (explain)
-  std::string why;          // one sentence for the reasoning
+  bool dns_failed = false;  // MX answer failed or bogus: MX-aware rules and DANE unknown
+  std::string failure;      // why (printable)
+  bool addr_unknown = false;  // an MX host's addresses could not be looked up
+  bool null_mx = false;
+  uint32_t mx_rule = kNone;   // the MX-aware rule that matched (the strictest)
+  std::vector<Step> steps;    // MX-aware matches, the deciding one first
+  bool dane = false;          // DANE has an answer
+  Level dane_level = Level::dane;
+  std::string dane_value;     // "dane" or "dane-only"
+  std::string dane_note;      // the DANE assessment (explain, and the log line when DANE decides)
 };
 
 std::string_view tlsa_word(TlsaState t) {
@@ -666,35 +679,21 @@ std::string_view tlsa_word(TlsaState t) {
   return "?";
 }
 
-// `why` (and the steps after the deciding one) only when explaining: the
-// socketmap answers every cache hit with this, tens of thousands a second,
-// and only `tlspolicy query --explain` reads them.
+// The steps after the deciding one and the DANE note's host list are made
+// only when explaining: the socketmap answers every cache hit with this,
+// tens of thousands a second, and only `tlspolicy query --explain` reads them.
 Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
   Outcome o;
   const auto& ds = s.settings.discovery;
   // 1. Nothing known. A bogus MX answer is no answer: its data may be forged.
   if (f.failed || f.mx_security == DnsSecurity::bogus) {
-    std::string reason = f.failed ? (f.error.empty() ? std::string("DNS lookup failed") : printable(f.error))
-                                  : std::string("the MX answer failed DNSSEC validation (bogus)");
-    bool defers = s.mx_aware_defers || (ds.dane != DaneMode::off && ds.dns_failure_defers);
-    if (defers) {
-      o.kind = Outcome::temp;
-      o.value = fmt::format("DNS lookup for {} failed ({}): deferred until the rules that depend on its MX hosts "
-                            "can be checked",
-                            printable(f.destination), reason);
-      if (explain)
-        o.why = fmt::format("DNS failed ({}), and an MX-aware rule (or DANE) with on_dns_failure = \"defer\" might "
-                          "apply: TEMP, Postfix defers and retries, nothing leaves in plaintext",
-                          reason);
-    } else if (explain) {
-      o.why = fmt::format("DNS failed ({}), and on_dns_failure = \"ignore\": answered as if no MX-aware rule "
-                          "matched",
-                          reason);
-    }
+    o.dns_failed = true;
+    o.failure = f.failed ? (f.error.empty() ? std::string("DNS lookup failed") : printable(f.error))
+                         : std::string("the MX answer failed DNSSEC validation (bogus)");
     return o;
   }
   if (f.null_mx) {
-    o.why = "the domain publishes a null MX (RFC 7505): it accepts no mail, Postfix returns such mail at once";
+    o.null_mx = true;
     return o;
   }
   // 2. MX-aware entries: any MX host that matches puts the whole next hop
@@ -702,7 +701,6 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
   // any of its MX hosts). Among several matches the strictest level wins;
   // on a tie, the first in MX preference order.
   int best_rank = -1;
-  bool unknown = false;  // a host whose addresses could not be looked up
   // A step's `via` is made only when the step is kept: the deciding one
   // (its via is the answer's), or every one when explaining.
   auto consider = [&](const Hit& h, auto&& make_via) {
@@ -712,7 +710,7 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
     Step st{rule, h.entry, h.kind, {}, h.prefix, make_via()};
     if (r > best_rank) {
       best_rank = r;
-      o.rule = rule;
+      o.mx_rule = rule;
       if (explain)
         o.steps.insert(o.steps.begin(), std::move(st));
       else
@@ -740,22 +738,11 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
     // Either family failing leaves addresses unknown, even when the other
     // answered: an IPv4 range cannot be ruled out by the AAAA records alone,
     // and Postfix, asking again, may get the A record and deliver there.
-    if (host.addr_failed) unknown = true;
-  }
-  if (o.rule == kNone && unknown && s.mx_aware_defers) {
-    o.kind = Outcome::temp;
-    o.value = fmt::format("DNS address lookup for an MX host of {} failed: deferred until the rules that depend "
-                          "on its addresses can be checked",
-                          printable(f.destination));
-    o.why = "an MX host's addresses could not be looked up, and an MX-aware rule with on_dns_failure = \"defer\" "
-            "might cover them: TEMP";
-    return o;
+    if (host.addr_failed) o.addr_unknown = true;
   }
   // 3. DANE: only for a DNSSEC-secure MX set (or literal host) whose hosts
   // publish TLSA. Postfix itself validates the TLSA records (it needs
   // smtp_dns_support_level = dnssec); we only decide the level.
-  Outcome d;
-  int dane_rank = -1;
   if (ds.dane != DaneMode::off && !f.mx.empty()) {
     size_t usable = 0, unusable = 0, failed = 0;
     for (auto& h : f.mx) switch (h.tlsa) {
@@ -772,19 +759,19 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
     }
     const char* what = f.literal ? "host" : f.implicit_mx ? "domain (no MX: the domain itself)" : "MX set";
     if (f.mx_security != DnsSecurity::secure) {
-      d.dane_note = fmt::format("DANE: the {} is {}: no DANE answer (it needs DNSSEC-secure answers)", what,
+      o.dane_note = fmt::format("DANE: the {} is {}: no DANE answer (it needs DNSSEC-secure answers)", what,
                                 security_word(f.mx_security));
     } else if (usable + unusable + failed == 0) {
-      d.dane_note = fmt::format("DANE: the {} is secure, but no host publishes TLSA ({}): no DANE answer", what, hosts);
+      o.dane_note = fmt::format("DANE: the {} is secure, but no host publishes TLSA ({}): no DANE answer", what, hosts);
     } else {
-      d.kind = Outcome::dane;
+      o.dane = true;
       bool all_usable = usable == n;
-      d.value = all_usable && ds.dane == DaneMode::dane_only ? "dane-only" : "dane";
-      // Compared with an MX-aware rule by the levels' ranks: "dane" is
-      // opportunistic (Postfix repeats the TLSA lookup at delivery, and
-      // falls back to "may" should the records have gone), so it never
-      // replaces an enforcing rule; "dane-only" is mandatory and does.
-      dane_rank = rank(d.value == "dane-only" ? Level::dane_only : Level::dane);
+      // "dane" is opportunistic (Postfix repeats the TLSA lookup at
+      // delivery, and falls back to "may" should the records have gone), so
+      // it ranks below encrypt; "dane-only" is mandatory and ranks above
+      // every level but fingerprint (policy/level.hpp).
+      o.dane_level = all_usable && ds.dane == DaneMode::dane_only ? Level::dane_only : Level::dane;
+      o.dane_value = std::string(level_name(o.dane_level));
       std::string partial;
       if (!all_usable && ds.dane == DaneMode::dane_only)
         partial = " (not dane-only: it would refuse the hosts without usable TLSA, where RFC 7672 "
@@ -792,95 +779,341 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
       else if (!all_usable)
         partial = " (Postfix's dane level applies RFC 7672 per host: unusable TLSA encrypted, failed lookup "
                   "deferred, none opportunistic)";
-      d.dane_note = fmt::format("DANE: the {} is secure; {} of {} host{} with usable TLSA ({}): {}{}", what, usable,
-                                n, n == 1 ? "" : "s", hosts, d.value, partial);
-      d.why = fmt::format("the {} is DNSSEC-secure and publishes TLSA: {} (Postfix validates the TLSA records "
-                          "itself, with smtp_dns_support_level = dnssec)",
-                          what, d.value);
+      o.dane_note = fmt::format("DANE: the {} is secure; {} of {} host{} with usable TLSA ({}): {}{}", what, usable,
+                                n, n == 1 ? "" : "s", hosts, o.dane_value, partial);
     }
   }
-  if (o.rule != kNone && dane_rank <= best_rank) {
-    o.kind = Outcome::by_rule;
-    o.value = s.rules[o.rule].policy.value();
-    o.dane_note = d.dane_note;
-    if (explain)
-      o.why = fmt::format("an MX-aware entry matches{} (any matching MX host puts the whole next hop under its rule; "
-                        "the strictest such rule wins)",
-                        d.kind == Outcome::dane ? fmt::format(", and is at least as strict as DANE's {}", d.value)
-                                                : std::string());
-    return o;
-  }
-  if (d.kind == Outcome::dane) {
-    d.steps = std::move(o.steps);
-    if (o.rule != kNone)
-      d.why += fmt::format(", stricter than the matching MX-aware rule \"{}\" ({})", s.rules[o.rule].name,
-                           s.rules[o.rule].policy.value());
-    return d;
-  }
-  d.why = d.dane_note.empty() ? "no MX-aware entry matches the MX hosts" : "no MX-aware entry matches, and no DANE";
-  return d;
+  return o;
 }
+
+// MTA-STS's answer for a policy (enforce: discovery's answer; testing: what
+// it would be), "" when it has no mx pattern. Discovery writes the answer
+// (discovery/mta_sts_policy.cpp, with the TLSRPT attributes when asked);
+// this fallback is its plain form, for a testing policy's "would enforce".
+std::string sts_answer(const StsFacts& st) {
+  if (!st.answer.empty()) return st.answer;
+  if (st.mx.empty()) return {};
+  std::string out = "secure match=";
+  for (size_t i = 0; i < st.mx.size(); ++i) {
+    if (i) out += ':';
+    out += st.mx[i].starts_with("*.") ? std::string_view(st.mx[i]).substr(1) : std::string_view(st.mx[i]);
+  }
+  out += " servername=hostname";
+  return printable(out);
+}
+
+std::string utc_time(int64_t t) {
+  std::time_t tt = std::time_t(t);
+  std::tm tm{};
+  if (!gmtime_r(&tt, &tm)) return std::to_string(t);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+// "id 20260101, mx mail.partner.example, *.partner.example"
+std::string sts_ident(const StsFacts& st) {
+  std::string mx;
+  for (auto& m : st.mx) {
+    if (!mx.empty()) mx += ", ";
+    mx += printable(m);
+  }
+  return fmt::format("id {}, mx {}", st.id.empty() ? std::string("?") : printable(st.id),
+                     mx.empty() ? std::string("(none)") : mx);
+}
+
+std::string_view source_name(DiscoveredSource d) { return d == DiscoveredSource::dane ? "DANE" : "MTA-STS"; }
 
 }  // namespace
 
-std::string discovery_target(const Snapshot& s, MapName map, std::string_view key, bool explain) {
+std::string discovery_target(const Snapshot& s, MapName map, std::string_view key, bool explain, Answer* static_out) {
+  if (static_out) *static_out = query(s, map, key, explain);
   if (!s.needs_dns || map != MapName::tls_policy) return {};
   std::string target = next_hop_target(key);
   if (target.empty() || explain) return target;
-  // A rule for the name itself decides: no DNS.
-  Answer a = tls_policy(s, key, false);
-  if (a.rule != kNone && !s.rules[a.rule].is_default) return {};
+  Answer local;
+  const Answer& a = static_out ? *static_out : (local = tls_policy(s, key, false));
+  if (a.rule == kNone || s.rules[a.rule].is_default) return target;
+  // A rule for the name decides among the admin's rules (over MX-aware
+  // ones). Discovery matters only when a discovered policy could be stricter
+  // than it: never for an override, nor for a rule at least as strict as
+  // anything DANE or MTA-STS can answer (the admin wins a tie).
+  const Rule& r = s.rules[a.rule];
+  if (r.override_discovery) return {};
+  const auto& ds = s.settings.discovery;
+  int best = -1;
+  if (ds.dane != DaneMode::off) best = rank(ds.dane == DaneMode::dane_only ? Level::dane_only : Level::dane);
+  if (ds.mta_sts.enabled) best = std::max(best, rank(Level::secure));
+  if (rank(r.policy.level) >= best) return {};
   return target;
 }
 
-Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain, const DestinationFacts* facts) {
-  if (!facts || map != MapName::tls_policy || !s.needs_dns) return query(s, map, key, explain);
-  Answer a = tls_policy(s, key, explain);
-  Outcome o = discover(s, *facts, explain);
-  if (explain) {
-    for (auto& r : facts->answers) a.discovery.push_back("dns: " + answer_line(r));
-    if (!o.dane_note.empty()) a.discovery.push_back(o.dane_note);
-  }
+// The merge (the precedence table in man/tlspolicy.conf.5):
+// 1. The admin's answer: the rule for the name (exact, parent), else the
+//    strictest MX-aware rule an MX host matches.
+// 2. The discovered policy: the first of settings.discovery.order (DANE,
+//    MTA-STS by default) with an answer. MTA-STS testing answers nothing.
+// 3. Both: the stricter level wins (rank(), policy/level.hpp), the admin's
+//    rule on a tie; an admin rule with override = true wins regardless.
+//    One of them: it. Neither: the default (or NOTFOUND).
+// DNS failure (MX answer failed or bogus): MX-aware rules and DANE are
+// unknown. Without a rule for the name: TEMP when an MX-aware rule or DANE
+// defers on DNS failure, as before; else MTA-STS or the default. With a rule
+// for the name: TEMP only when DANE (deferring) might be stricter and the
+// rule neither enforces TLS nor is an override; else the rule against MTA-STS.
+Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain, const DestinationFacts* facts,
+             const Answer* static_answer) {
+  if (!facts || map != MapName::tls_policy || !s.needs_dns)
+    return static_answer ? *static_answer : query(s, map, key, explain);
+  Answer a = static_answer ? *static_answer : tls_policy(s, key, explain);
+  const auto& ds = s.settings.discovery;
+  const DestinationFacts& f = *facts;
+  Outcome o = discover(s, f, explain);
   bool by_name = a.rule != kNone && !s.rules[a.rule].is_default;
-  if (by_name) {
-    if (explain) {
-      std::string alone = o.kind == Outcome::temp   ? fmt::format("TEMP ({})", o.value)
-                          : o.kind == Outcome::none ? std::string("nothing (the default)")
-                                                    : o.value;
-      a.discovery.push_back(fmt::format("discovery alone would answer {}: {}", alone, o.why));
-      for (auto& st : o.steps) a.trail.push_back(st);
-      a.reasoning += "; a rule for the name itself overrides discovery (MX-aware rules and DANE)";
+  const Rule* name_rule = by_name ? &s.rules[a.rule] : nullptr;
+  int dane_best = ds.dane == DaneMode::off ? -1 : rank(ds.dane == DaneMode::dane_only ? Level::dane_only : Level::dane);
+
+  // The admin's side.
+  uint32_t admin = by_name ? a.rule : o.mx_rule;
+  const Rule* admin_rule = admin == kNone ? nullptr : &s.rules[admin];
+  auto admin_words = [&] {
+    return fmt::format("{}rule \"{}\" ({})", by_name ? "" : "MX-aware ", admin_rule->name, admin_rule->policy.value());
+  };
+
+  // MTA-STS.
+  const StsFacts& st = f.sts;
+  bool sts_on = ds.mta_sts.enabled && st.asked;
+  bool sts_enforce = sts_on && st.in_force && st.mode == StsMode::enforce;
+  bool sts_testing = sts_on && st.in_force && st.mode == StsMode::testing;
+  std::string sts_value = sts_enforce ? sts_answer(st) : std::string();
+  if (sts_enforce && sts_value.empty()) sts_enforce = false;  // no mx pattern: nothing to enforce
+
+  // TEMP: DNS failed where a deferring source might apply.
+  std::string temp_reason, temp_why;
+  if (o.dns_failed) {
+    bool dane_defers = ds.dane != DaneMode::off && ds.dns_failure_defers;
+    if (!by_name && (s.mx_aware_defers || dane_defers)) {
+      temp_reason = fmt::format("DNS lookup for {} failed ({}): deferred until the rules that depend on its MX "
+                                "hosts can be checked",
+                                printable(f.destination), o.failure);
+      if (explain)
+        temp_why = fmt::format("DNS failed ({}), and an MX-aware rule (or DANE) with on_dns_failure = \"defer\" "
+                               "might apply: TEMP, Postfix defers and retries, nothing leaves in plaintext",
+                               o.failure);
+    } else if (by_name && !name_rule->override_discovery && !enforces_tls(name_rule->policy.level) && dane_defers &&
+               rank(name_rule->policy.level) < dane_best) {
+      temp_reason = fmt::format("DNS lookup for {} failed ({}): deferred until DANE can be checked (rule \"{}\" "
+                                "answers {}, weaker than DANE might)",
+                                printable(f.destination), o.failure, name_rule->name, name_rule->policy.value());
+      if (explain)
+        temp_why = fmt::format("DNS failed ({}): DANE (on_dns_failure = \"defer\") might be stricter than rule "
+                               "\"{}\" ({}), which neither enforces TLS nor is an override: TEMP, nothing leaves "
+                               "in plaintext where DANE might apply",
+                               o.failure, name_rule->name, name_rule->policy.value());
     }
-    return a;
+  } else if (!by_name && o.mx_rule == kNone && o.addr_unknown && s.mx_aware_defers) {
+    temp_reason = fmt::format("DNS address lookup for an MX host of {} failed: deferred until the rules that "
+                              "depend on its addresses can be checked",
+                              printable(f.destination));
+    temp_why = "an MX host's addresses could not be looked up, and an MX-aware rule with on_dns_failure = "
+               "\"defer\" might cover them: TEMP";
   }
-  switch (o.kind) {
-    case Outcome::none:
-      if (explain) a.reasoning = fmt::format("{}; {}", o.why, a.reasoning);
-      return a;
-    case Outcome::temp:
-    case Outcome::by_rule:
-    case Outcome::dane: {
-      Answer d;
-      d.found = true;
-      d.temp = o.kind == Outcome::temp;
-      d.value = o.value;
-      d.rule = o.kind == Outcome::by_rule ? o.rule : kNone;
-      d.via = o.kind == Outcome::temp   ? o.value
-              : o.kind == Outcome::dane ? o.dane_note
-              : o.steps.empty()         ? std::string()
-                                        : fmt::format("{} at {}", o.steps.front().via,
-                                                      s.where_entry(o.steps.front().entry));
-      if (explain) {
-        d.trail = std::move(o.steps);
-        for (auto& st : a.trail) d.trail.push_back(st);  // the default, lost to discovery
-        d.disabled_hits = std::move(a.disabled_hits);
-        d.discovery = std::move(a.discovery);
-        d.reasoning = o.why;
+
+  // The discovered policy: the first source in order with an answer.
+  struct Found {
+    DiscoveredSource src;
+    Level level;
+    std::string value;
+  };
+  std::optional<Found> disc;
+  bool sts_reached = false;  // no source before MTA-STS answered
+  for (auto src : ds.order) {
+    if (src == DiscoveredSource::dane && o.dane) {
+      disc = Found{src, o.dane_level, o.dane_value};
+      break;
+    }
+    if (src == DiscoveredSource::mta_sts) {
+      sts_reached = true;
+      if (sts_enforce) {
+        disc = Found{src, Level::secure, sts_value};
+        break;
       }
-      return d;
     }
   }
-  return a;
+  auto disc_words = [&] { return fmt::format("{}'s {}", source_name(disc->src), level_name(disc->level)); };
+
+  // Admin against discovered.
+  enum { use_static, use_temp, use_admin, use_disc } winner = use_static;
+  bool admin_override = admin_rule && admin_rule->override_discovery;
+  if (!temp_reason.empty())
+    winner = use_temp;
+  else if (admin_rule && disc)
+    winner = admin_override || rank(admin_rule->policy.level) >= rank(disc->level) ? use_admin : use_disc;
+  else if (admin_rule)
+    winner = use_admin;
+  else if (disc)
+    winner = use_disc;
+  // A testing policy "would enforce": had it been enforce, it would have decided.
+  bool would_enforce = sts_testing && winner != use_temp && sts_reached &&
+                       (!admin_rule || (!admin_override && rank(Level::secure) > rank(admin_rule->policy.level)));
+
+  // The sentence on how the answer follows from the sources.
+  std::string merge_why;
+  if (explain) {
+    if (winner == use_temp)
+      merge_why = temp_why;
+    else if (winner == use_admin && disc && admin_override)
+      merge_why = fmt::format("{} is an override: it wins over {}", admin_words(), disc_words());
+    else if (winner == use_admin && disc && rank(admin_rule->policy.level) == rank(disc->level))
+      merge_why = fmt::format("{} is as strict as {}: on a tie the admin's rule wins", admin_words(), disc_words());
+    else if (winner == use_admin && disc)
+      merge_why = fmt::format("the stricter wins: {} over {}", admin_words(), disc_words());
+    else if (winner == use_disc && admin_rule)
+      merge_why = fmt::format("the stricter wins: {} over {}", disc_words(), admin_words());
+    else if (winner == use_admin)
+      merge_why = by_name ? "no discovered policy (DANE, MTA-STS) applies: the rule for the name decides"
+                          : "an MX-aware entry matches (any matching MX host puts the whole next hop under its "
+                            "rule; the strictest such rule wins), and no discovered policy applies";
+    else if (winner == use_disc)
+      merge_why = fmt::format("no rule for the name or its MX hosts: {} applies (the default only applies when "
+                              "nothing else does)",
+                              disc_words());
+    else
+      merge_why = o.null_mx ? "the domain publishes a null MX (RFC 7505): it accepts no mail, Postfix returns such "
+                              "mail at once"
+                            : "no rule for the name or its MX hosts, and no discovered policy";
+    if (o.dns_failed && winner != use_temp)
+      merge_why += fmt::format(" (DNS failed ({}): MX-aware rules and DANE unknown{})", o.failure,
+                               by_name ? "; the rule for the name stands"
+                                       : ", and on_dns_failure = \"ignore\": answered as if no MX-aware rule matched");
+    if (winner == use_disc && disc->src == DiscoveredSource::dane)
+      merge_why += " (Postfix validates the TLSA records itself, with smtp_dns_support_level = dnssec)";
+  }
+
+  // Every source's answer, for --explain.
+  if (explain) {
+    auto& lines = a.discovery;
+    for (auto& r : f.answers) lines.push_back("dns: " + answer_line(r));
+    lines.push_back(name_rule ? fmt::format("rule for the name: rule \"{}\" at {} ({}){}", name_rule->name,
+                                            s.where(*name_rule), name_rule->policy.value(),
+                                            name_rule->override_discovery
+                                                ? ", override = true: it wins over DANE and MTA-STS"
+                                                : "")
+                              : std::string("rule for the name: none"));
+    if (o.dns_failed)
+      lines.push_back(fmt::format("MX-aware rules: unknown (DNS failed: {})", o.failure));
+    else if (o.mx_rule != kNone)
+      lines.push_back(fmt::format("MX-aware rules: rule \"{}\" ({}): {} at {}{}", s.rules[o.mx_rule].name,
+                                  s.rules[o.mx_rule].policy.value(), o.steps.front().via,
+                                  s.where_entry(o.steps.front().entry),
+                                  by_name ? " (the rule for the name comes first)" : ""));
+    else
+      lines.push_back(o.null_mx ? "MX-aware rules: none (null MX)"
+                      : o.addr_unknown ? "MX-aware rules: no match among the addresses known (an MX host's "
+                                         "address lookup failed)"
+                                       : "MX-aware rules: no entry matches the MX hosts");
+    if (ds.dane == DaneMode::off)
+      lines.push_back("DANE: off (dane = \"off\")");
+    else if (o.dns_failed)
+      lines.push_back(fmt::format("DANE: unknown (DNS failed: {})", o.failure));
+    else if (!o.dane_note.empty())
+      lines.push_back(o.dane_note);
+    else
+      lines.push_back(o.null_mx ? "DANE: no answer (null MX)" : "DANE: no answer (no MX host)");
+    if (!ds.mta_sts.enabled) {
+      lines.push_back("MTA-STS: off (no mta_sts block)");
+    } else if (!st.asked) {
+      lines.push_back("MTA-STS: not asked (only domain next hops have MTA-STS)");
+    } else {
+      std::string where;
+      if (!st.source.empty()) where += "; " + printable(st.source);
+      if (!st.note.empty()) where += "; " + printable(st.note);
+      if (!st.in_force || st.mode == StsMode::none)
+        lines.push_back(fmt::format("MTA-STS: no policy in force{}", where));
+      else if (st.mode == StsMode::enforce)
+        lines.push_back(fmt::format("MTA-STS: enforce ({}; max_age {}, expires {}){}: {}", sts_ident(st), st.max_age,
+                                    utc_time(st.expires), where,
+                                    sts_value.empty() ? std::string("no mx pattern, nothing to enforce") : sts_value));
+      else
+        lines.push_back(fmt::format("MTA-STS: testing ({}; max_age {}, expires {}){}: testing: would enforce {} "
+                                    "({})",
+                                    sts_ident(st), st.max_age, utc_time(st.expires), where, sts_answer(st),
+                                    would_enforce ? "it would decide the answer were the policy in enforce mode"
+                                                  : "it would not change the answer"));
+    }
+    lines.push_back(s.default_rule == kNone
+                        ? std::string("default: none (Postfix's smtp_tls_security_level)")
+                        : fmt::format("default: {} ({}){}", s.rules[s.default_rule].policy.value(),
+                                      s.where(s.rules[s.default_rule]),
+                                      winner == use_static ? "" : ": not used, another source answers"));
+    std::string order;
+    for (auto src : ds.order) {
+      if (!order.empty()) order += ", then ";
+      order += source_name(src);
+    }
+    lines.push_back(disc ? fmt::format("discovered policy: {} ({} first)", disc_words(), order)
+                         : fmt::format("discovered policy: none ({} first)", order));
+  }
+
+  Answer d;
+  switch (winner) {
+    case use_static:
+      a.sts_would_enforce = would_enforce;
+      if (explain) a.reasoning = fmt::format("{}; {}", merge_why, a.reasoning);
+      return a;
+    case use_temp:
+      d.found = true;
+      d.temp = true;
+      d.value = temp_reason;
+      d.via = temp_reason;
+      d.source = "temp";
+      break;
+    case use_admin:
+      if (by_name) {
+        a.sts_would_enforce = would_enforce;
+        if (disc)
+          a.via = admin_override ? fmt::format("{} at {} is an override: it wins over {}", admin_words(),
+                                               s.where(*admin_rule), disc_words())
+                                 : fmt::format("{} at {}, at least as strict as {}", admin_words(),
+                                               s.where(*admin_rule), disc_words());
+        if (explain) {
+          for (auto& step : o.steps) a.trail.push_back(step);
+          a.reasoning = fmt::format("{}; {}", a.reasoning, merge_why);
+        }
+        return a;
+      }
+      d.found = true;
+      d.value = admin_rule->policy.value();
+      d.rule = admin;
+      d.source = "mx-rule";
+      d.via = fmt::format("{} at {}", o.steps.front().via, s.where_entry(o.steps.front().entry));
+      if (disc)
+        d.via += admin_override ? fmt::format(", an override over {}", disc_words())
+                                : fmt::format(", at least as strict as {}", disc_words());
+      break;
+    case use_disc:
+      d.found = true;
+      d.value = disc->value;
+      d.source = disc->src == DiscoveredSource::dane ? "dane" : "mta-sts";
+      d.via = disc->src == DiscoveredSource::dane
+                  ? o.dane_note
+                  : fmt::format("MTA-STS enforce ({})", sts_ident(st));
+      if (admin_rule) d.via += fmt::format(", stricter than {}", admin_words());
+      break;
+  }
+  d.sts_would_enforce = would_enforce;
+  if (explain) {
+    // The deciding MX-aware rule first; the rules that lost (the name rule,
+    // other MX-aware matches, the default) after it.
+    auto& first = by_name ? a.trail : o.steps;
+    auto& then = by_name ? o.steps : a.trail;
+    d.trail = std::move(first);
+    for (auto& step : then) d.trail.push_back(step);
+    d.disabled_hits = std::move(a.disabled_hits);
+    d.discovery = std::move(a.discovery);
+    d.reasoning = merge_why;
+  }
+  return d;
 }
 
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a) {

@@ -47,30 +47,50 @@ struct Answer {
   // that would match the key, were the rule on.
   std::vector<uint32_t> disabled_hits;
   // Explain only, with facts: the DNS answers (name, type, data, DNSSEC
-  // status, TTL), the DANE assessment, and what discovery alone would have
-  // answered where a rule for the name overrides it.
+  // status, TTL), then every source's answer (the rule for the name,
+  // MX-aware rules, DANE, MTA-STS, the default) and the discovered policy.
   std::vector<std::string> discovery;
-  // Set whenever discovery decided (TEMP, an MX-aware rule, DANE), explain
-  // or not: one line for the daemon's log, e.g. "MX mx1.partner.example
+  // Set whenever discovery decided or competed (TEMP, an MX-aware rule,
+  // DANE, MTA-STS, a rule that won over a discovered policy), explain or
+  // not: one line for the daemon's log, e.g. "MX mx1.partner.example
   // [207.219.44.9] in 207.219.44.0/24 at force-encrypt.list:3", "DANE: the
-  // MX set is secure; 2 of 2 hosts with usable TLSA (...): dane-only", or the
-  // TEMP reason. Empty when the static policy answered.
+  // MX set is secure; 2 of 2 hosts with usable TLSA (...): dane-only",
+  // "MTA-STS enforce (id 2026..., mx mail.partner.example), stricter than
+  // rule \"x\" (may)", or the TEMP reason. Empty when the static policy
+  // answered and nothing discovered competed.
   std::string via;
+  // Which source decided, for metrics and logs: "rule" (a rule for the
+  // key), "mx-rule" (an MX-aware rule through the MX hosts), "dane",
+  // "mta-sts", "default", "temp", "none" (NOTFOUND). Points to a literal.
+  std::string_view source = "none";
+  // An MTA-STS policy in testing mode would have decided this answer had it
+  // been in enforce mode (RFC 8461: reported, not enforced).
+  bool sts_would_enforce = false;
 };
 
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
-// Discovery. discovery_target(): the destination whose DNS facts could change
-// this lookup's answer ("partner.example", "[mx.example]"), or "" when the
-// static policy answers alone (no MX-aware rule or DANE could apply, or a
-// rule for the name itself decides). The caller discovers it (discovery/)
-// and asks again with the facts; facts == nullptr is the static answer.
-// explain = true: also when a rule for the name decides, so that --explain
-// can say what discovery would have answered.
+// Discovery. discovery_target(): the destination whose discovered facts
+// could change this lookup's answer ("partner.example", "[mx.example]"), or
+// "" when the static policy answers alone: no MX-aware rule, DANE or
+// MTA-STS could apply, or a rule for the name decides that no discovered
+// policy can beat (override = true, or a level at least as strict as any
+// DANE/MTA-STS answer the settings allow). The caller discovers it
+// (discovery/) and asks again with the facts; facts == nullptr is the
+// static answer. explain = true: also when a rule for the name decides, so
+// that --explain can show every source.
 // Only the tls-policy map discovers: the transport map is keyed by recipient
 // and routes by name; MX-aware rules act per next hop, through tls-policy.
-std::string discovery_target(const Snapshot& s, MapName map, std::string_view key, bool explain = false);
+// static_out: when given, receives the static answer (query(s, map, key,
+// explain)), computed once here: the final answer when the target is "",
+// else to hand to query(..., facts, static_answer) so that it is not
+// computed twice per request.
+std::string discovery_target(const Snapshot& s, MapName map, std::string_view key, bool explain = false,
+                             Answer* static_out = nullptr);
+// The merge of the admin's rules with the discovered facts (the precedence
+// in man/tlspolicy.conf.5). static_answer: discovery_target()'s static_out
+// for the same snapshot, key and explain flag, or nullptr to compute it.
 Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
-             const DestinationFacts* facts);
+             const DestinationFacts* facts, const Answer* static_answer = nullptr);
 std::string explain_text(const Snapshot& s, MapName map, std::string_view key, const Answer& a);
 
 // Effective outbound level of one recipient (address rule, else domain rule,

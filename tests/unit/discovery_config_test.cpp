@@ -1,5 +1,7 @@
-// The discovery block, mx: entries and on_dns_failure: every error with file
-// and line, and what a good configuration compiles to.
+// The discovery block, mx: entries and on_dns_failure, MTA-STS settings
+// (mta_sts, prefer) and the per-rule override: every error with file and
+// line, the warnings for settings without effect, and what a good
+// configuration compiles to.
 #include "catch.hpp"
 
 #include "testing.hpp"
@@ -163,4 +165,162 @@ TEST_CASE("a discovery block nothing uses, and a missing default trust anchor wi
   INFO(w);
   CHECK(w.find("nothing uses it") != std::string::npos);
   CHECK(w.find("answers are not validated here") != std::string::npos);
+}
+
+// MTA-STS settings and override (issue #14).
+using namespace tlspolicy;
+
+namespace {
+
+std::string strip_dir(std::string t, const std::string& dir) {
+  for (size_t p; (p = t.find(dir + "/")) != std::string::npos;) t.erase(p, dir.size() + 1);
+  return t;
+}
+
+std::string diag_texts(const std::vector<Diagnostic>& ds, const char* severity, const std::string& dir) {
+  std::string out;
+  for (auto& d : ds) out += strip_dir(d.text(severity), dir) + "\n";
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("mta_sts, prefer and override: errors name file, line and the fix") {
+  struct Case {
+    std::string conf;
+    std::string want;  // a substring of "file:line: error: ..." (temp dir stripped)
+  };
+  const Case cases[] = {
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n colour = 1; }; };",
+       "tlspolicy.conf:3: error: unknown setting \"colour\" in mta_sts (known: enabled, ca_file, cache,"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n enabled = \"yes\"; }; };",
+       "tlspolicy.conf:3: error: setting \"enabled\" must be true or false"},
+      {"default = \"may\";\ndiscovery = {\n mta_sts = true; };",
+       "tlspolicy.conf:3: error: setting \"mta_sts\" must be a group { ... }"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n connect_timeout = 0; }; };",
+       "tlspolicy.conf:3: error: connect_timeout = 0 must be 50..300000 milliseconds"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n fetch_timeout = 3600000; }; };",
+       "tlspolicy.conf:3: error: fetch_timeout = 3600000 must be 50..600000 milliseconds"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n fetch_timeout = \"60s\"; }; };",
+       "tlspolicy.conf:3: error: setting \"fetch_timeout\" must be a number"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n max_size = 10; }; };",
+       "tlspolicy.conf:3: error: max_size = 10 must be 64..16777216 bytes"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n max_fetches = 0; }; };",
+       "tlspolicy.conf:3: error: max_fetches = 0 must be 1..1000000"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n cache_entries = 0; }; };",
+       "tlspolicy.conf:3: error: cache_entries = 0 must be 1..100000000"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n cache = \"mta-sts.db\"; }; };",
+       "tlspolicy.conf:3: error: cache = \"mta-sts.db\" must be an absolute path"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n ca_file = \"ca.pem\"; }; };",
+       "tlspolicy.conf:3: error: ca_file = \"ca.pem\" must be an absolute path"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n ca_file = \"/nonexistent/ca.pem\"; }; };",
+       "tlspolicy.conf:3: error: ca_file \"/nonexistent/ca.pem\": No such file or directory"},
+      {"default = \"may\";\ndiscovery = { mta_sts = { connect_to = [ \"mta-sts.a.test:443:127.0.0.1:4443\",\n"
+       " \"mta-sts.b.test:443:127.0.0.1\" ]; }; };",
+       "tlspolicy.conf:3: error: connect_to \"mta-sts.b.test:443:127.0.0.1\" is not HOST:PORT:ADDRESS:PORT"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n connect_to = \"mta-sts.a.test:https:127.0.0.1:4443\"; }; };",
+       "is not HOST:PORT:ADDRESS:PORT"},
+      {"default = \"may\";\ndiscovery = { mta_sts = {\n connect_to = \"mta-sts.a.test:443:[::1:4443\"; }; };",
+       "is not HOST:PORT:ADDRESS:PORT"},
+      {"default = \"may\";\ndiscovery = { mta_sts = { };\n prefer = \"both\"; };",
+       "tlspolicy.conf:3: error: prefer = \"both\": use \"dane\""},
+      {"default = \"may\";\ndiscovery = { mta_sts = { }; };\noutbound = ( { level = \"may\"; to = \"x.test\";\n"
+       " override = \"yes\"; } );",
+       "tlspolicy.conf:4: error: setting \"override\" must be true or false"},
+  };
+  for (auto& c : cases) {
+    std::string dir;
+    auto r = testing::load_text(c.conf, {}, &dir);
+    std::string got = diag_texts(r.errors, "error", dir);
+    INFO("config:\n" << c.conf << "\ngot:\n" << got << "want (substring):\n" << c.want);
+    CHECK(r.snapshot == nullptr);
+    CHECK(got.find(c.want) != std::string::npos);
+  }
+}
+
+TEST_CASE("mta_sts and prefer compile to MtaStsSettings and the discovered order") {
+  std::string dir = testing::temp_dir();
+  std::string ca = dir + "/ca.pem";
+  std::ofstream(ca) << "not parsed by the loader\n";
+  auto r = testing::load_text(
+      "default = \"may\";\n"
+      "discovery = {\n"
+      "  mta_sts = { ca_file = \"" + ca + "\"; cache = \"/tmp/x/sts.db\"; cache_entries = 50;\n"
+      "    connect_timeout = 500; fetch_timeout = 2000; max_size = 4096; max_fetches = 8; tlsrpt = true;\n"
+      "    connect_to = [ \"mta-sts.a.test:443:127.0.0.1:4443\", \"mta-sts.b.test:443:[::1]:4443\" ]; };\n"
+      "  prefer = \"mta-sts\";\n"
+      "};\n",
+      {}, &dir);
+  INFO(diag_texts(r.errors, "error", dir) << diag_texts(r.warnings, "warning", dir));
+  REQUIRE(r.snapshot);
+  const auto& d = r.snapshot->settings.discovery;
+  const auto& m = d.mta_sts;
+  CHECK(m.enabled);
+  CHECK(m.ca_file == ca);
+  CHECK(m.cache_file == "/tmp/x/sts.db");
+  CHECK(m.cache_entries == 50);
+  CHECK(m.connect_timeout_ms == 500);
+  CHECK(m.fetch_timeout_ms == 2000);
+  CHECK(m.max_size == 4096);
+  CHECK(m.max_fetches == 8);
+  CHECK(m.tlsrpt);
+  CHECK(m.connect_to == std::vector<std::string>{"mta-sts.a.test:443:127.0.0.1:4443", "mta-sts.b.test:443:[::1]:4443"});
+  CHECK(d.order == std::vector<DiscoveredSource>{DiscoveredSource::mta_sts, DiscoveredSource::dane});
+  // MTA-STS alone (no MX-aware rule, DANE off) needs DNS (the TXT record).
+  CHECK(r.snapshot->needs_dns);
+  // prefer = "mta-sts" with DANE off: said to have no effect.
+  std::string w = diag_texts(r.warnings, "warning", dir);
+  CHECK(w.find("tlspolicy.conf:6: warning: prefer = \"mta-sts\" has no effect: DANE (dane = \"off\") is off") !=
+        std::string::npos);
+}
+
+TEST_CASE("defaults: no mta_sts block is off, an empty one is on with the defaults, enabled = false is off") {
+  auto off = testing::load_text("default = \"may\"; discovery = { };");
+  REQUIRE(off.snapshot);
+  CHECK_FALSE(off.snapshot->settings.discovery.mta_sts.enabled);
+  CHECK_FALSE(off.snapshot->needs_dns);
+  CHECK(off.snapshot->settings.discovery.order ==
+        std::vector<DiscoveredSource>{DiscoveredSource::dane, DiscoveredSource::mta_sts});
+  auto on = testing::load_text("default = \"may\"; discovery = { mta_sts = { }; };");
+  REQUIRE(on.snapshot);
+  const auto& m = on.snapshot->settings.discovery.mta_sts;
+  CHECK(m.enabled);
+  CHECK(m.cache_file == "/var/lib/tlspolicy/mta-sts.db");
+  CHECK(m.ca_file.empty());
+  CHECK_FALSE(m.tlsrpt);
+  CHECK(on.snapshot->needs_dns);
+  auto disabled = testing::load_text("default = \"may\"; discovery = { mta_sts = { enabled = false; }; };");
+  REQUIRE(disabled.snapshot);
+  CHECK_FALSE(disabled.snapshot->settings.discovery.mta_sts.enabled);
+  CHECK_FALSE(disabled.snapshot->needs_dns);
+}
+
+TEST_CASE("override = true: set on the rule; a warning with file:line where it has no effect") {
+  struct Case {
+    std::string discovery;
+    std::string want_warning;  // "" = none about override
+  };
+  const Case cases[] = {
+      {"", "tlspolicy.conf:3: warning: rule \"broken\": override = true has no effect without a discovery block"},
+      {"discovery = { };",
+       "tlspolicy.conf:3: warning: rule \"broken\": override = true has no effect: neither DANE"},
+      {"discovery = { mta_sts = { enabled = false; }; };", "override = true has no effect: neither DANE"},
+      {"discovery = { mta_sts = { }; };", ""},
+  };
+  for (auto& c : cases) {
+    std::string dir;
+    auto r = testing::load_text(c.discovery + "\noutbound = ( { name = \"broken\"; level = \"may\"; to = \"broken.test\";\n"
+                                              " override = true; },\n"
+                                              " { name = \"plain\"; level = \"encrypt\"; to = \"x.test\"; override = false; } );",
+                                {}, &dir);
+    std::string w = diag_texts(r.warnings, "warning", dir);
+    INFO(c.discovery << "\nwarnings:\n" << w);
+    REQUIRE(r.snapshot);
+    CHECK(r.snapshot->rules[0].override_discovery);
+    CHECK_FALSE(r.snapshot->rules[1].override_discovery);
+    if (c.want_warning.empty())
+      CHECK(w.find("override") == std::string::npos);
+    else
+      CHECK(w.find(c.want_warning) != std::string::npos);
+  }
 }

@@ -302,6 +302,31 @@ void check_discovery(const Snapshot& s, const std::string& postconf_dir, bool ve
                r.name, s.where(r), r.policy.value(), ip, ip == 1 ? "y" : "ies", mx, mx == 1 ? "y" : "ies",
                r.dns_failure_defers ? "defer (TEMP)" : "ignore");
   }
+  // Overrides: rules whose answer wins over discovered DANE and MTA-STS
+  // even when weaker (an exception for a partner whose DANE or MTA-STS is
+  // broken). Listed so that none is forgotten once the partner is fixed.
+  std::string over;
+  if (d.dane != DaneMode::off) over = "DANE";
+  if (d.mta_sts.enabled) over += over.empty() ? "MTA-STS" : " and MTA-STS";
+  for (uint32_t i = 0; i < s.rules.size(); ++i) {
+    const Rule& r = s.rules[i];
+    if (!r.override_discovery || !r.enabled || r.direction != Direction::outbound) continue;
+    size_t n = 0;
+    std::string first;
+    for (uint32_t e = 0; e < s.entries.size(); ++e) {
+      if (s.entries[e].rule != i) continue;
+      if (n++ == 0) first = printable(s.text(e));
+    }
+    std::string names = n == 0 ? std::string("no entries")
+                        : n == 1 ? fmt::format("\"{}\"", first)
+                                 : fmt::format("{} entries (\"{}\", ...)", n, first);
+    if (over.empty())
+      fmt::print("override rule \"{}\" at {} ({}): no effect, neither DANE nor MTA-STS is on\n", r.name, s.where(r),
+                 r.policy.value());
+    else
+      fmt::print("override rule \"{}\" at {} ({}): wins over discovered {} for {}, even where they are stricter\n",
+                 r.name, s.where(r), r.policy.value(), over, names);
+  }
   if (verbose && s.needs_dns)
     fmt::print("note: discovery asks {}\n",
                d.forwarders.empty() ? std::string("the root servers itself (full recursion: tlspolicyd needs DNS "
@@ -579,7 +604,20 @@ int main(int argc, char** argv) {
     if (!no_dns && snap->needs_dns) {
       if (std::string target = discovery_target(*snap, map, k); !target.empty()) {
         std::string err;
-        if (!discoverer) discoverer = Discoverer::create(snap->settings.discovery, &err);
+        if (!discoverer) {
+          // MTA-STS: the daemon's persistent cache is read if this user can
+          // read it, and never created, written or moved aside (read only):
+          // a query run by anyone must not change the daemon's state. A
+          // policy fetched here lives only as long as this process.
+          std::shared_ptr<sts::PolicyStore> store;
+          const auto& m = snap->settings.discovery.mta_sts;
+          if (m.enabled)
+            store = std::make_shared<sts::PolicyStore>(m.cache_file, m.cache_entries, true,
+                                                       [](bool error, std::string_view msg) {
+                                                         if (error) fmt::print(stderr, "tlspolicy: {}\n", msg);
+                                                       });
+          discoverer = Discoverer::create(snap->settings.discovery, &err, std::move(store));
+        }
         facts = discoverer ? discover_wait(*discoverer, target)
                            : failed_facts(target, "DNS resolver not available: " + err);
       }

@@ -151,7 +151,16 @@ class DaemonDiscovery {
       return d_->discover(dest, std::move(done));
     });
     if (d_ && same_resolver_settings(d_->settings(), s.settings.discovery)) return true;
-    auto d = Discoverer::create(s.settings.discovery, error);
+    // The MTA-STS policy store outlives the Discoverers a reload replaces
+    // (and a reload that switches discovery off and on): its policies stay,
+    // its file is opened once. A new cache path opens a new store.
+    const auto& m = s.settings.discovery.mta_sts;
+    if (m.enabled && (!sts_store_ || sts_store_->path() != m.cache_file))
+      sts_store_ = std::make_shared<sts::PolicyStore>(m.cache_file, m.cache_entries, false,
+                                                      [](bool err, std::string_view msg) {
+                                                        log_line(err ? LOG_WARNING : LOG_INFO, std::string(msg));
+                                                      });
+    auto d = Discoverer::create(s.settings.discovery, error, sts_store_);
     if (!d) {
       if (!d_) error_ = *error;
       return false;
@@ -169,6 +178,7 @@ class DaemonDiscovery {
     old.reset();  // fails its discoveries in flight; their connections resume
   }
   SocketmapServer& server_;
+  std::shared_ptr<sts::PolicyStore> sts_store_;  // before d_: the Discoverer goes first
   std::unique_ptr<Discoverer> d_;
   std::string error_;
 };

@@ -9,6 +9,7 @@
 
 #include "policy/maps.hpp"
 #include "policy/stats.hpp"
+#include "discovery/sts_store.hpp"
 
 namespace tlspolicy {
 
@@ -110,6 +111,27 @@ class Metrics::Collector : public prometheus::Collectable {
     counter(disc, {{"event", "timeout"}}, double(st.discovery_timeouts.get()));
     gauge(family("tlspolicy_discovery_in_flight", "Destinations being discovered now", MetricType::Gauge), {},
           double(st.discovery_in_flight.load(std::memory_order_relaxed)));
+
+    const auto& sts = sts::sts_stats();
+    auto& fetches = family("tlspolicy_mta_sts_fetches_total",
+                           "MTA-STS policy fetches (HTTPS): started (of which proactive refreshes), gave a valid "
+                           "policy, failed (HTTP, TLS, size, timeout, invalid policy, refused)",
+                           MetricType::Counter);
+    counter(fetches, {{"result", "started"}}, double(sts.fetches_started.get()));
+    counter(fetches, {{"result", "refresh"}}, double(sts.refreshes.get()));
+    counter(fetches, {{"result", "ok"}}, double(sts.fetches_ok.get()));
+    counter(fetches, {{"result", "failed"}}, double(sts.fetches_failed.get()));
+    auto& applied = family("tlspolicy_mta_sts_policies_applied_total",
+                           "Discoveries where an MTA-STS policy applied: enforce, or testing (would enforce)",
+                           MetricType::Counter);
+    counter(applied, {{"mode", "enforce"}}, double(sts.enforced.get()));
+    counter(applied, {{"mode", "would_enforce"}}, double(sts.would_enforce.get()));
+    gauge(family("tlspolicy_mta_sts_policies_cached", "MTA-STS policies in the cache", MetricType::Gauge), {},
+          double(sts.policies.load(std::memory_order_relaxed)));
+    counter(family("tlspolicy_mta_sts_cache_errors_total",
+                   "Persistent MTA-STS cache problems (unreadable or corrupt file, failed writes), each logged",
+                   MetricType::Counter),
+            {}, double(sts.cache_errors.get()));
 
     auto& reloads = family("tlspolicy_reloads_total", "Reloads by result", MetricType::Counter);
     counter(reloads, {{"result", "ok"}}, double(st.reloads_ok.get()));

@@ -10,7 +10,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <tuple>
+
+#include "discovery/sts_decision.hpp"
 
 #include "policy/names.hpp"
 #include "policy/stats.hpp"
@@ -41,9 +44,42 @@ struct Discoverer::Job {
   };
   std::vector<Host> hosts;
   std::shared_ptr<DestinationFacts> facts = std::make_shared<DestinationFacts>();
+  // MTA-STS: the TXT question's slot; waiting for a policy fetch; facts
+  // to be cached only failure_ttl (a fetch under way or failed).
+  size_t txt_slot = SIZE_MAX;
+  bool sts_fetching = false;
+  bool sts_short = false;
+  StsFacts sts;
 };
 
-std::unique_ptr<Discoverer> Discoverer::create(const DiscoverySettings& s, std::string* error) {
+void Discoverer::Hooks::watch(int fd, bool read, bool write) {
+  if (!read && !write) {
+    epoll_ctl(d->epfd_, EPOLL_CTL_DEL, fd, nullptr);  // may already be gone (closed): fine
+    return;
+  }
+  epoll_event ev{};
+  ev.events = (read ? EPOLLIN : 0u) | (write ? EPOLLOUT : 0u);
+  ev.data.fd = fd;
+  // libcurl may have closed and reused the number: the kernel then dropped
+  // the old registration, so MOD fails with ENOENT and we add it again.
+  if (epoll_ctl(d->epfd_, EPOLL_CTL_MOD, fd, &ev) < 0 && errno == ENOENT) epoll_ctl(d->epfd_, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void Discoverer::Hooks::set_timer(long ms) {
+  itimerspec its{};  // all zero: disarmed
+  if (ms >= 0) {
+    its.it_value.tv_sec = time_t(ms / 1000);
+    its.it_value.tv_nsec = long(ms % 1000) * 1000000 + (ms == 0 ? 1 : 0);
+  }
+  timerfd_settime(d->sts_timer_fd_, 0, &its, nullptr);
+}
+
+namespace {
+int64_t unix_now() { return int64_t(std::time(nullptr)); }
+}  // namespace
+
+std::unique_ptr<Discoverer> Discoverer::create(const DiscoverySettings& s, std::string* error,
+                                               std::shared_ptr<sts::PolicyStore> store) {
   auto r = Resolver::create(s, error);
   if (!r) return nullptr;
   std::unique_ptr<Discoverer> d(new Discoverer(std::move(r)));
@@ -59,14 +95,49 @@ std::unique_ptr<Discoverer> Discoverer::create(const DiscoverySettings& s, std::
     ev.data.fd = fd;
     epoll_ctl(d->epfd_, EPOLL_CTL_ADD, fd, &ev);
   }
+  const auto& m = s.mta_sts;
+  if (m.enabled) {
+    d->sts_timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (d->sts_timer_fd_ < 0) {
+      *error = fmt::format("timerfd: {}", std::strerror(errno));
+      return nullptr;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = d->sts_timer_fd_;
+    epoll_ctl(d->epfd_, EPOLL_CTL_ADD, d->sts_timer_fd_, &ev);
+    if (store && store->path() == m.cache_file) {
+      store->set_max_entries(m.cache_entries);
+      d->store_ = std::move(store);
+    } else {
+      d->store_ = std::make_shared<sts::PolicyStore>(m.cache_file, m.cache_entries, false, nullptr);
+    }
+    sts::FetchSettings fs;
+    fs.ca_file = m.ca_file;
+    fs.connect_timeout_ms = m.connect_timeout_ms;
+    fs.total_timeout_ms = m.fetch_timeout_ms;
+    fs.max_size = m.max_size;
+    fs.max_pending = m.max_fetches;
+    fs.connect_to = m.connect_to;
+    d->hooks_ = std::make_unique<Hooks>(d.get());
+    try {
+      d->fetcher_ = std::make_unique<sts::Fetcher>(std::move(fs), d->hooks_.get());
+    } catch (const std::exception& e) {
+      *error = fmt::format("MTA-STS fetcher: {}", e.what());
+      return nullptr;
+    }
+  }
   return d;
 }
 
 Discoverer::~Discoverer() {
   fail_all("discovery stopped (the daemon is stopping or a reload changed the discovery settings)");
+  fetcher_.reset();   // abandons fetches (no callbacks); unwatches its sockets on epfd_
+  fetches_.clear();
   resolver_.reset();  // drops the callbacks that still hold jobs
   if (epfd_ >= 0) ::close(epfd_);
   if (timer_fd_ >= 0) ::close(timer_fd_);
+  if (sts_timer_fd_ >= 0) ::close(sts_timer_fd_);
 }
 
 void Discoverer::fail_all(const std::string& why) {
@@ -94,6 +165,9 @@ void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
   auto now = Clock::now();
   auto expires = Clock::time_point::max();
   for (auto& [name, type] : j->asked) expires = std::min(expires, resolver_->expiry(name, type));
+  // An MTA-STS fetch under way or failed: ask again soon (the fetch, when
+  // it completes, also drops these facts: uncache_facts).
+  if (j->sts_short) expires = std::min(expires, now + std::chrono::seconds(settings().failure_ttl));
   if (expires <= now) return;
   auto [e, fresh] = facts_.try_emplace(j->dest);
   if (fresh) {
@@ -108,6 +182,13 @@ void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
     facts_.erase(facts_lru_.back());
     facts_lru_.pop_back();
   }
+}
+
+void Discoverer::uncache_facts(const std::string& destination) {
+  auto it = facts_.find(destination);
+  if (it == facts_.end()) return;
+  facts_lru_.erase(it->second.lru);
+  facts_.erase(it);
 }
 
 Discoverer::Facts Discoverer::discover(const std::string& destination, Done done) {
@@ -178,6 +259,7 @@ void Discoverer::ask(const std::shared_ptr<Job>& j, const std::string& name, RrT
     if (j->done) return;  // failed at its deadline meanwhile
     j->answers[at] = a;
     if (at == j->mx_slot) on_mx(j);
+    else if (at == j->txt_slot) on_txt(j);
     answered(j);
   });
 }
@@ -189,6 +271,12 @@ void Discoverer::start(const std::shared_ptr<Job>& j) {
     ask_host(j, 0);
   } else {
     ask(j, j->name, RrType::MX, &j->mx_slot);
+    if (fetcher_) {  // MTA-STS: the policy's TXT record beside the MX (RFC 8461 3.1)
+      std::string txt = "_mta-sts.";
+      txt += j->name;
+      j->sts.asked = true;
+      ask(j, txt, RrType::TXT, &j->txt_slot);
+    }
   }
   answered(j);
 }
@@ -304,6 +392,7 @@ void Discoverer::complete(const std::shared_ptr<Job>& j, const std::string& fail
         }
     }
   }
+  f.sts = std::move(j->sts);
   if (failure.empty()) cache_facts(j);
   auto it = jobs_.find(j->dest);
   if (it != jobs_.end() && it->second == j) {
@@ -313,6 +402,164 @@ void Discoverer::complete(const std::shared_ptr<Job>& j, const std::string& fail
   auto waiters = std::move(j->waiters);
   Facts facts = j->facts;
   for (auto& w : waiters) w(facts);
+}
+
+// ---------------------------------------------------------------- MTA-STS --
+
+namespace {
+// Proactive refresh (RFC 8461 5.1 lets a sender refresh a policy in use
+// before it expires): a cached policy used by a discovery within
+// min(max_age / 4, 1 day) of its expiry is refetched in the background, at
+// most once per failure_ttl while refetches fail. A policy nobody uses is
+// left to expire.
+int64_t refresh_window(const sts::CachedPolicy& c) {
+  return std::min<int64_t>((c.expires - c.fetched) / 4, 86400);
+}
+}  // namespace
+
+// Fills the job's StsFacts from the policy in force (or none).
+void Discoverer::set_sts(Job& j, const std::optional<sts::Policy>& p, const sts::CachedPolicy* c, std::string source,
+                         std::string note) {
+  StsFacts& f = j.sts;
+  f.asked = true;
+  f.source = std::move(source);
+  f.note = std::move(note);
+  f.in_force = false;
+  f.mode = StsMode::none;
+  f.answer.clear();
+  f.mx.clear();
+  if (!p || p->mode == sts::Mode::none) return;
+  f.in_force = true;
+  f.mode = p->mode == sts::Mode::enforce ? StsMode::enforce : StsMode::testing;
+  f.mx = p->mx;
+  f.max_age = p->max_age;
+  if (c) {
+    f.id = c->id;
+    f.expires = c->expires;
+  }
+  sts::AnswerOptions opt;
+  opt.tlsrpt = settings().mta_sts.tlsrpt;
+  opt.domain = j.name;
+  auto a = sts::answer_for(p, opt);
+  if (a.answer) {
+    f.answer = std::move(*a.answer);
+    sts::sts_stats().enforced.add();
+  }
+  if (a.would_enforce) {
+    sts::sts_stats().would_enforce.add();
+    if (store_)
+      store_->log(false, fmt::format("MTA-STS: {} has a testing policy (id {}): would enforce {} (not enforced)",
+                                     printable(j.name), f.id, sts::postfix_answer(*p)));
+  }
+}
+
+// The _mta-sts TXT answer: RFC 8461 section 5's rules (sts_decision) on
+// what the store holds.
+void Discoverer::on_txt(const std::shared_ptr<Job>& j) {
+  const DnsRecordSet& t = *j->answers[j->txt_slot];
+  int64_t now = unix_now();
+  sts::TxtLookup lookup = sts::TxtLookup::none;
+  sts::TxtRecord txt;
+  if (failed(t)) {
+    lookup = sts::TxtLookup::failed;
+  } else if (t.status == DnsStatus::ok) {
+    lookup = sts::TxtLookup::found;
+    txt = sts::parse_txt_records(t.data);
+  }
+  sts::PolicyStore::Entry* e = store_->find(j->name);
+  std::optional<sts::CachedPolicy> cached;
+  if (e) cached = e->cached;
+  sts::Step step = sts::after_txt(cached, lookup, txt, now);
+  switch (step.action) {
+    case sts::Step::Action::no_policy:
+      set_sts(*j, std::nullopt, nullptr, "", std::move(step.reason));
+      return;
+    case sts::Step::Action::use_cached:
+      e->cached.last_used = now;  // memory only: the file's copy is rewritten when the policy changes
+      set_sts(*j, e->policy, &e->cached, fmt::format("cache (id {})", e->cached.id), std::move(step.reason));
+      maybe_refresh(j->name, *e, now);
+      return;
+    case sts::Step::Action::fetch:
+      j->sts.note = std::move(step.reason);
+      start_fetch(j->name, txt.id, j, false);
+      return;
+  }
+}
+
+void Discoverer::maybe_refresh(const std::string& domain, sts::PolicyStore::Entry& e, int64_t now) {
+  if (store_->read_only() || e.cached.expires - now >= refresh_window(e.cached)) return;
+  if (now - e.refresh_tried < std::max(1, settings().failure_ttl) || fetches_.count(domain)) return;
+  e.refresh_tried = now;
+  start_fetch(domain, e.cached.id, nullptr, true);
+}
+
+// Starts (or joins) the fetch of domain's policy for TXT id `id`; j waits
+// for it (nullptr: a background refresh).
+void Discoverer::start_fetch(const std::string& domain, const std::string& id, const std::shared_ptr<Job>& j,
+                             bool refresh) {
+  auto it = fetches_.find(domain);
+  if (it == fetches_.end()) {
+    size_t before = fetcher_->started();
+    std::string err;
+    bool ok = fetcher_->fetch(domain, [this, domain](const sts::FetchResult& r) { on_fetched(domain, r); }, &err);
+    if (!ok) {  // refused (max_fetches, a name that is no host name): as a failed fetch
+      sts::sts_stats().fetches_failed.add();
+      if (!j) return;
+      auto* e = store_->find(domain);
+      std::optional<sts::CachedPolicy> cached;
+      if (e) cached = e->cached;
+      auto o = sts::after_fetch(domain, cached, id, false, err, unix_now());
+      j->sts_short = true;
+      set_sts(*j, o.policy, e ? &e->cached : nullptr, o.policy ? fmt::format("cache (id {})", e->cached.id) : "",
+              fmt::format("{}; {}", j->sts.note, o.reason));
+      return;
+    }
+    if (fetcher_->started() > before) {
+      sts::sts_stats().fetches_started.add();
+      if (refresh) sts::sts_stats().refreshes.add();
+    }
+    it = fetches_.emplace(domain, Fetch{id, {}, {}}).first;
+  }
+  if (j) {
+    it->second.jobs.push_back(j);
+    it->second.dests.push_back(j->dest);
+    j->sts_fetching = true;
+    ++j->pending;
+  }
+}
+
+// A fetch finished: the store changes once (store, erase or keep), the
+// destinations' cached facts are dropped so the next request sees it, and
+// the requests still waiting complete.
+void Discoverer::on_fetched(const std::string& domain, const sts::FetchResult& r) {
+  auto it = fetches_.find(domain);
+  if (it == fetches_.end()) return;
+  Fetch f = std::move(it->second);
+  fetches_.erase(it);
+  int64_t now = unix_now();
+  auto* e = store_->find(domain);
+  std::optional<sts::CachedPolicy> cached;
+  if (e) cached = e->cached;
+  auto o = sts::after_fetch(domain, cached, f.id, r.ok, r.ok ? r.body : r.error, now);
+  bool valid = o.change != sts::FetchOutcome::CacheChange::keep;
+  (valid ? sts::sts_stats().fetches_ok : sts::sts_stats().fetches_failed).add();
+  if (o.change == sts::FetchOutcome::CacheChange::store) store_->store(*o.entry);
+  else if (o.change == sts::FetchOutcome::CacheChange::erase) store_->erase(domain);
+  store_->log(!valid, fmt::format("MTA-STS: {} ({} ms): {}", r.url, r.took.count(), o.reason));
+  e = store_->find(domain);
+  uncache_facts(domain);
+  for (auto& d : f.dests) uncache_facts(d);
+  std::string source = valid ? fmt::format("fetched {}", r.url)
+                       : o.policy && e ? fmt::format("cache (id {})", e->cached.id)
+                                       : std::string();
+  for (auto& w : f.jobs) {
+    auto j = w.lock();
+    if (!j || j->done) continue;  // completed at its deadline: the next request sees the policy
+    j->sts_fetching = false;
+    if (!valid) j->sts_short = true;
+    set_sts(*j, o.policy, o.policy && e ? &e->cached : nullptr, source, fmt::format("{}; {}", j->sts.note, o.reason));
+    answered(j);
+  }
 }
 
 void Discoverer::arm_timer() {
@@ -328,6 +575,23 @@ void Discoverer::arm_timer() {
 }
 
 void Discoverer::process() {
+  if (fetcher_) {
+    // libcurl's sockets and timer share epfd_ with the resolver and the
+    // deadline timer (those two are handled below as before).
+    epoll_event evs[64];
+    int n = epoll_wait(epfd_, evs, 64, 0);
+    for (int i = 0; i < n; ++i) {
+      int fd = evs[i].data.fd;
+      if (fd == resolver_->fd() || fd == timer_fd_) continue;
+      if (fd == sts_timer_fd_) {
+        uint64_t t;
+        if (::read(sts_timer_fd_, &t, sizeof t) == sizeof t) fetcher_->on_timeout();
+        continue;
+      }
+      uint32_t ev = evs[i].events;
+      fetcher_->on_socket(fd, ev & (EPOLLIN | EPOLLHUP), ev & EPOLLOUT, ev & EPOLLERR);
+    }
+  }
   resolver_->process();
   uint64_t ticks;
   if (::read(timer_fd_, &ticks, sizeof ticks) != sizeof ticks) return;
@@ -336,6 +600,28 @@ void Discoverer::process() {
     auto j = deadlines_.front().second.lock();
     deadlines_.pop_front();
     if (!j || j->done) continue;
+    // Every DNS answer is in and only the MTA-STS fetch runs: answer now
+    // as RFC 8461 5 says for a policy not (yet) known (the cached one if
+    // unexpired, else as if no MTA-STS); the fetch goes on, and its end
+    // drops these facts so the next request sees the policy.
+    if (j->sts_fetching &&
+        std::all_of(j->answers.begin(), j->answers.end(), [](const Resolver::Answer& a) { return bool(a); })) {
+      auto* e = store_->find(j->name);
+      std::optional<sts::CachedPolicy> cached;
+      if (e) cached = e->cached;
+      auto f = fetches_.find(j->name);
+      auto o = sts::after_fetch(j->name, cached, f == fetches_.end() ? std::string() : f->second.id, false,
+                                fmt::format("still running at the {} ms deadline (it goes on in the background)",
+                                            settings().deadline_ms),
+                                unix_now());
+      j->sts_short = true;
+      j->sts_fetching = false;
+      set_sts(*j, o.policy, o.policy && e ? &e->cached : nullptr,
+              o.policy && e ? fmt::format("cache (id {})", e->cached.id) : std::string(),
+              fmt::format("{}; {}", j->sts.note, o.reason));
+      complete(j, "");
+      continue;
+    }
     std::string waiting;
     for (size_t i = 0; i < j->answers.size(); ++i)
       if (!j->answers[i]) {
@@ -351,8 +637,11 @@ void Discoverer::process() {
 
 bool same_resolver_settings(const DiscoverySettings& a, const DiscoverySettings& b) {
   auto tie = [](const DiscoverySettings& s) {
+    const auto& m = s.mta_sts;
     return std::tie(s.forwarders, s.trust_anchor_file, s.trust_forwarder_ad, s.query_timeout_ms, s.deadline_ms,
-                    s.max_outstanding, s.cache_entries, s.negative_ttl_max, s.failure_ttl, s.dane);
+                    s.max_outstanding, s.cache_entries, s.negative_ttl_max, s.failure_ttl, s.dane, m.enabled,
+                    m.ca_file, m.cache_file, m.cache_entries, m.connect_timeout_ms, m.fetch_timeout_ms, m.max_size,
+                    m.max_fetches, m.tlsrpt, m.connect_to);
   };
   return tie(a) == tie(b);
 }

@@ -18,8 +18,11 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "discovery/resolver.hpp"
+#include "discovery/sts_fetch.hpp"
+#include "discovery/sts_store.hpp"
 #include "policy/facts.hpp"
 #include "policy/snapshot.hpp"
 
@@ -40,7 +43,11 @@ class Discoverer {
     uint64_t facts_hits = 0;   // answered from the facts cache
   };
 
-  static std::unique_ptr<Discoverer> create(const DiscoverySettings& s, std::string* error);
+  // With MTA-STS on, `store` is the policy store to use when its path is the
+  // settings' cache file (a reload hands the old Discoverer's on); else a new
+  // one is opened (read-write; `tlspolicy query` passes a read-only one).
+  static std::unique_ptr<Discoverer> create(const DiscoverySettings& s, std::string* error,
+                                            std::shared_ptr<sts::PolicyStore> store = nullptr);
   // Fails every discovery still running ("discovery stopped"): their `done`
   // callbacks run from here.
   ~Discoverer();
@@ -60,9 +67,28 @@ class Discoverer {
   const Counts& counts() const { return counts_; }
   Resolver& resolver() { return *resolver_; }
   const DiscoverySettings& settings() const { return resolver_->settings(); }
+  // The MTA-STS policy store (nullptr when MTA-STS is off).
+  const std::shared_ptr<sts::PolicyStore>& sts_store() const { return store_; }
+  // MTA-STS fetches under way (requests waiting and background ones).
+  size_t sts_fetches() const { return fetches_.size(); }
 
  private:
   struct Job;
+  // sts::Fetcher's sockets and timer on this Discoverer's epoll: the daemon
+  // watches one descriptor (fd()) and process() dispatches.
+  struct Hooks : sts::LoopHooks {
+    Discoverer* d;
+    explicit Hooks(Discoverer* self) : d(self) {}
+    void watch(int fd, bool read, bool write) override;
+    void set_timer(long ms) override;
+  };
+  // An MTA-STS policy fetch under way for one domain: the requests waiting
+  // for it (none for a background refresh) and the TXT id it is for.
+  struct Fetch {
+    std::string id;
+    std::vector<std::weak_ptr<Job>> jobs;
+    std::vector<std::string> dests;  // destinations whose cached facts it changes
+  };
   explicit Discoverer(std::unique_ptr<Resolver> r) : resolver_(std::move(r)) {}
   void start(const std::shared_ptr<Job>& j);
   void ask(const std::shared_ptr<Job>& j, const std::string& name, RrType type, size_t* slot);
@@ -84,6 +110,21 @@ class Discoverer {
   std::list<std::string> facts_lru_;  // most recently used first
   Facts cached_facts(const std::string& destination);
   void cache_facts(const std::shared_ptr<Job>& j);
+  void uncache_facts(const std::string& destination);
+
+  // MTA-STS (RFC 8461): the TXT answer decides (sts_decision), a fetch runs
+  // on this Discoverer's epoll (Hooks), the store keeps the policies.
+  void on_txt(const std::shared_ptr<Job>& j);
+  void start_fetch(const std::string& domain, const std::string& id, const std::shared_ptr<Job>& j, bool refresh);
+  void on_fetched(const std::string& domain, const sts::FetchResult& r);
+  void set_sts(Job& j, const std::optional<sts::Policy>& p, const sts::CachedPolicy* c, std::string source,
+               std::string note);
+  void maybe_refresh(const std::string& domain, sts::PolicyStore::Entry& e, int64_t now);
+  std::shared_ptr<sts::PolicyStore> store_;
+  std::unique_ptr<Hooks> hooks_;
+  std::unique_ptr<sts::Fetcher> fetcher_;
+  int sts_timer_fd_ = -1;
+  std::unordered_map<std::string, Fetch> fetches_;  // by policy domain
 
   std::unique_ptr<Resolver> resolver_;
   int epfd_ = -1, timer_fd_ = -1;

@@ -22,6 +22,7 @@ std::string_view rr_type_name(RrType t) {
   switch (t) {
     case RrType::A: return "A";
     case RrType::MX: return "MX";
+    case RrType::TXT: return "TXT";
     case RrType::AAAA: return "AAAA";
     case RrType::TLSA: return "TLSA";
   }
@@ -91,6 +92,26 @@ std::string rdata_text(RrType type, const uint8_t* p, size_t n) {
       std::string out = std::to_string((unsigned(p[0]) << 8) | p[1]);
       out += ' ';
       out += host;
+      return out;
+    }
+    case RrType::TXT: {
+      // One or more <character-string>s (RFC 1035 3.3.14), concatenated
+      // (RFC 8461 3.1). Control and non-ASCII bytes are escaped so logs and
+      // --explain stay one clean line; a valid STS record has none.
+      std::string out;
+      size_t i = 0;
+      while (i < n) {
+        size_t len = p[i++];
+        if (i + len > n) return {};
+        for (size_t k = 0; k < len; ++k) {
+          uint8_t c = p[i + k];
+          if (c < 0x20 || c >= 0x7f || c == '\\')
+            out += fmt::format("\\{:03}", unsigned(c));
+          else
+            out += char(c);
+        }
+        i += len;
+      }
       return out;
     }
     case RrType::TLSA: {
@@ -385,7 +406,10 @@ Resolver::Answer Resolver::make_answer(const std::string& name, RrType type, int
   *keep = std::chrono::seconds(a->ttl);
   for (int i = 0; r->data[i]; ++i) {
     std::string t = rdata_text(type, reinterpret_cast<const uint8_t*>(r->data[i]), size_t(r->len[i]));
-    if (t.empty()) {
+    // An empty TXT record ("") is well-formed: its presentation is "".
+    bool empty_txt = type == RrType::TXT && r->len[i] >= 1 &&
+                     std::all_of(r->data[i], r->data[i] + r->len[i], [](char c) { return c == 0; });
+    if (t.empty() && !empty_txt) {
       a->status = DnsStatus::failed;
       a->data.clear();
       a->error = fmt::format("malformed {} record", rr_type_name(type));

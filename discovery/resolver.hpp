@@ -30,7 +30,10 @@ struct ub_result;
 
 namespace tlspolicy {
 
-enum class RrType : uint16_t { A = 1, MX = 15, AAAA = 28, TLSA = 52 };
+// TXT: each record's presentation is the concatenation of its
+// character-strings (what RFC 8461 3.1 parses), bytes outside printable
+// ASCII written \DDD.
+enum class RrType : uint16_t { A = 1, MX = 15, TXT = 16, AAAA = 28, TLSA = 52 };
 std::string_view rr_type_name(RrType t);
 
 class Resolver {

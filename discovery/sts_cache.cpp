@@ -87,6 +87,11 @@ void PolicyCache::open() {
   std::string why;
   bool corrupt = false;
   if (open_file(&why, &corrupt)) return;
+  if (opt_.read_only) {
+    warn(fmt::format("MTA-STS cache {} (read only): {}; not used", printable(opt_.path), why));
+    open_memory();
+    return;
+  }
   if (corrupt) {
     move_aside(why);
     why.clear();
@@ -104,8 +109,8 @@ bool PolicyCache::open_file(std::string* why, bool* corrupt) {
     sqlite3_close_v2(db_);
     db_ = nullptr;
   }
-  int rc = sqlite3_open_v2(opt_.path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+  int flags = opt_.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  int rc = sqlite3_open_v2(opt_.path.c_str(), &db_, flags | SQLITE_OPEN_FULLMUTEX, nullptr);
   auto fail = [&](std::string w, int code) {
     *why = std::move(w);
     *corrupt = is_corruption(code);
@@ -136,6 +141,13 @@ bool PolicyCache::open_file(std::string* why, bool* corrupt) {
     tables = sqlite3_column_int(st.s, 2);
   }
   bool fresh = app == 0 && tables == 0;
+  if (opt_.read_only) {
+    if (fresh) return fail("empty", SQLITE_OK);
+    if (app != application_id) return fail("not a tlspolicy MTA-STS cache (another SQLite file)", SQLITE_OK);
+    if (version != schema_version)
+      return fail(fmt::format("cache format {} is not the {} this version reads", version, schema_version), SQLITE_OK);
+    return true;  // persistent_ stays false; the caller (sts_store) never writes a read-only cache
+  }
   if (!fresh && app != application_id) return fail("not a tlspolicy MTA-STS cache (another SQLite file)", SQLITE_NOTADB);
   if (!fresh && version != schema_version)
     return fail(fmt::format("cache format {} is not the {} this version reads", version, schema_version), SQLITE_NOTADB);
@@ -199,7 +211,7 @@ void PolicyCache::move_aside(const std::string& why) {
 void PolicyCache::failed(const char* what, int rc) {
   warn(fmt::format("MTA-STS cache {}: {} failed: {}", printable(opt_.path), what,
                    db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)));
-  if (persistent_ && is_corruption(rc)) {
+  if (persistent_ && !opt_.read_only && is_corruption(rc)) {
     move_aside("damaged while in use");
     open();
   }

@@ -41,6 +41,10 @@ struct CacheOptions {
   std::string path = "/var/lib/tlspolicy/mta-sts.db";
   size_t max_entries = 10000;  // least recently used beyond this are evicted
   std::function<void(std::string_view)> log;  // warnings; none: stderr
+  // Read the file if it is there and readable, never create, change or move
+  // it (`tlspolicy query`: a tool run by anyone must not touch the daemon's
+  // state). Writes then go to memory only.
+  bool read_only = false;
 };
 
 class PolicyCache {

@@ -80,6 +80,14 @@ std::string Snapshot::summary() const {
                        aware, aware == 1 ? "" : "s", mx_names.size(), dane_mode_name(d.dane),
                        d.forwarders.empty() ? std::string("from the root")
                                             : fmt::format("via {}", fmt::join(d.forwarders, " ")));
+    // (Only when on, so that summaries of configurations without MTA-STS
+    // read as before.)
+    if (d.mta_sts.enabled)
+      out += fmt::format(", MTA-STS on ({} first)",
+                         d.order.front() == DiscoveredSource::dane ? "DANE" : "MTA-STS");
+    size_t overrides = 0;
+    for (auto& r : rules) overrides += r.enabled && r.override_discovery;
+    if (overrides) out += fmt::format(", {} override rule{}", overrides, overrides == 1 ? "" : "s");
   }
   return out;
 }

@@ -308,3 +308,277 @@ TEST_CASE("known gap: a matched weaker MX-aware rule beside a host with unknown 
   INFO("got " << a.value << (a.temp ? " (TEMP)" : ""));
   CHECK(a.temp);
 }
+
+// Issue #14: MTA-STS beside DANE and the admin's rules, under one
+// precedence. The admin's answer (the rule for the name, else the strictest
+// MX-aware rule) against the discovered policy (the first of DANE, MTA-STS
+// in settings order with an answer): the stricter wins, the admin on a tie,
+// a weaker rule only with override = true; the default only when nothing
+// else answers.
+namespace {
+
+const char* kStsRules =
+    ",\n { name = \"partner\"; level = \"encrypt\"; to = \"partner.test\"; },\n"
+    " { name = \"broken-partner\"; level = \"may\"; to = \"broken.test\"; override = true; },\n"
+    " { name = \"pinned\"; level = \"secure\"; to = \"pinned.test\"; },\n"
+    " { name = \"lax-mx\"; level = \"may\"; to = \"mx:mx.lax.test\"; override = true; }\n";
+
+StsFacts sts(StsMode mode, std::vector<std::string> patterns = {"mail.partner.test"}) {
+  StsFacts s;
+  s.asked = true;
+  s.in_force = mode != StsMode::none;
+  s.mode = mode;
+  s.id = "20260101T000000";
+  s.mx = std::move(patterns);
+  s.max_age = 604800;
+  s.expires = 1798761600;  // 2027-01-01 00:00:00 UTC
+  s.source = "fetched https://mta-sts.partner.test/.well-known/mta-sts.txt";
+  if (mode == StsMode::enforce) {
+    s.answer = "secure match=";
+    for (size_t i = 0; i < s.mx.size(); ++i)
+      s.answer += (i ? ":" : "") + (s.mx[i].starts_with("*.") ? s.mx[i].substr(1) : s.mx[i]);
+    s.answer += " servername=hostname";
+  }
+  if (mode == StsMode::none) s.note = "no _mta-sts TXT record";
+  return s;
+}
+
+// MX facts with an MTA-STS part: secure MX set, DANE per host as given.
+DestinationFacts with_sts(std::string dest, StsFacts st, TlsaState tlsa = TlsaState::none,
+                          std::string mxname = "mail.partner.test", std::string ip = "192.0.2.10") {
+  auto f = mx(std::move(dest), {host(std::move(mxname), {std::move(ip)}, tlsa)}, DnsSecurity::secure);
+  f.sts = std::move(st);
+  return f;
+}
+
+struct StsCase {
+  const char* what;
+  std::shared_ptr<const Snapshot> snap;
+  std::string key;
+  DestinationFacts facts;
+  std::string want;            // the value ("NOTFOUND" when not found; ignored for TEMP)
+  std::string_view source;     // Answer::source
+  bool temp = false;
+  bool would_enforce = false;  // Answer::sts_would_enforce
+  std::vector<std::string> explain;
+};
+
+}  // namespace
+
+TEST_CASE("MTA-STS, DANE and the admin's rules: one precedence") {
+  auto sts_only = load("mta_sts = { };", kStsRules);
+  auto sts_ignore = load("mta_sts = { }; on_dns_failure = \"ignore\";", kStsRules);
+  auto both = load("dane = \"dane-only\"; mta_sts = { };", kStsRules);
+  auto both_sts_first = load("dane = \"dane-only\"; mta_sts = { }; prefer = \"mta-sts\";", kStsRules);
+  auto dane_only = load("dane = \"dane-only\";", kStsRules);
+  auto dane_opp = load("dane = \"dane\";", kStsRules);
+  auto sts_off = load("dane = \"dane-only\"; mta_sts = { enabled = false; };", kStsRules);
+  using M = StsMode;
+  using T = TlsaState;
+  const std::string secure = "secure match=mail.partner.test servername=hostname";
+  auto failed_sts = [](std::string dest, StsFacts st) {
+    auto f = failed(std::move(dest), "SERVFAIL");
+    f.sts = std::move(st);
+    return f;
+  };
+  auto literal = with_sts("[relay.other.test]", StsFacts{}, T::none, "relay.other.test");
+  literal.literal = true;
+
+  const StsCase cases[] = {
+      // Admin against MTA-STS.
+      {"enforce is stricter than an encrypt rule: MTA-STS wins", sts_only, "partner.test",
+       with_sts("partner.test", sts(M::enforce)), secure, "mta-sts", false, false,
+       {"rule for the name: rule \"partner\"", "MTA-STS: enforce (id 20260101T000000, mx mail.partner.test; "
+        "max_age 604800, expires 2027-01-01 00:00:00 UTC); fetched https://mta-sts.partner.test",
+        "the stricter wins: MTA-STS's secure over rule \"partner\" (encrypt)", "lost to it: rule \"partner\"",
+        "DANE: off", "default: may", "not used, another source answers", "discovered policy: MTA-STS's secure"}},
+      {"an encrypt rule against a testing policy: the rule (reported as would enforce)", sts_only, "partner.test",
+       with_sts("partner.test", sts(M::testing)), "encrypt", "rule", false, true,
+       {"decided by rule \"partner\"", "testing: would enforce secure match=mail.partner.test servername=hostname",
+        "it would decide the answer were the policy in enforce mode", "discovered policy: none"}},
+      {"no rule, testing: the default, would enforce", sts_only, "other.test",
+       with_sts("other.test", sts(M::testing)), "may", "default", false, true,
+       {"rule for the name: none", "decided by the default", "no rule for the name or its MX hosts, and no "
+        "discovered policy"}},
+      {"no rule, enforce: MTA-STS (the default does not apply)", sts_only, "other.test",
+       with_sts("other.test", sts(M::enforce)), secure, "mta-sts", false, false,
+       {"no rule for the name or its MX hosts: MTA-STS's secure applies", "lost to it: the default"}},
+      {"enforce with *.pattern: Postfix's .suffix form", sts_only, "other.test",
+       with_sts("other.test", sts(M::enforce, {"mail.other.test", "*.other.test"})),
+       "secure match=mail.other.test:.other.test servername=hostname", "mta-sts", false, false,
+       {"mx mail.other.test, *.other.test"}},
+      {"a secure rule ties with MTA-STS's secure: the admin's rule", sts_only, "pinned.test",
+       with_sts("pinned.test", sts(M::enforce)), "secure", "rule", false, false,
+       {"rule \"pinned\" (secure) is as strict as MTA-STS's secure: on a tie the admin's rule wins"}},
+      {"a may override against enforce: the override", sts_only, "broken.test",
+       with_sts("broken.test", sts(M::enforce)), "may", "rule", false, false,
+       {"override = true: it wins over DANE and MTA-STS",
+        "rule \"broken-partner\" (may) is an override: it wins over MTA-STS's secure"}},
+      {"an override against testing: no would-enforce", sts_only, "broken.test",
+       with_sts("broken.test", sts(M::testing)), "may", "rule", false, false, {"it would not change the answer"}},
+      {"an MX-aware encrypt rule against enforce: MTA-STS", sts_only, "hosted.test",
+       with_sts("hosted.test", sts(M::enforce), T::none, "mail.partner.test", "207.219.44.9"), secure, "mta-sts",
+       false, false, {"the stricter wins: MTA-STS's secure over MX-aware rule \"force-encrypt\" (encrypt)"}},
+      {"an MX-aware may override against enforce: the MX-aware rule", sts_only, "lax.test",
+       with_sts("lax.test", sts(M::enforce), T::none, "mx.lax.test"), "may", "mx-rule", false, false,
+       {"MX-aware rule \"lax-mx\" (may) is an override: it wins over MTA-STS's secure"}},
+      {"policy none: nothing from MTA-STS", sts_only, "other.test", with_sts("other.test", sts(M::none)), "may",
+       "default", false, false, {"MTA-STS: no policy in force; fetched https://mta-sts.partner.test/"
+                                 ".well-known/mta-sts.txt; no _mta-sts TXT record"}},
+      {"enforce without any mx pattern: nothing to enforce", sts_only, "other.test",
+       with_sts("other.test", [] {
+         auto s = sts(M::enforce, {});
+         s.answer.clear();
+         return s;
+       }()),
+       "may", "default", false, false, {"no mx pattern, nothing to enforce"}},
+      {"a [host] next hop: MTA-STS not asked", sts_only, "[relay.other.test]", literal, "may", "default", false,
+       false, {"MTA-STS: not asked"}},
+      // Admin against DANE.
+      {"a may rule without override against DANE: DANE", dane_only, "exempt.test",
+       with_sts("exempt.test", StsFacts{}, T::usable, "mx.exempt.test"), "dane-only", "dane", false, false,
+       {"the stricter wins: DANE's dane-only over rule \"exempt\" (may)", "MTA-STS: off (no mta_sts block)"}},
+      {"a may rule with override against DANE: may", dane_only, "broken.test",
+       with_sts("broken.test", StsFacts{}, T::usable, "mx.broken.test"), "may", "rule", false, false,
+       {"rule \"broken-partner\" (may) is an override: it wins over DANE's dane-only"}},
+      {"an encrypt rule against opportunistic dane: the rule (stricter)", dane_opp, "partner.test",
+       with_sts("partner.test", StsFacts{}, T::usable), "encrypt", "rule", false, false,
+       {"the stricter wins: rule \"partner\" (encrypt) over DANE's dane"}},
+      // DANE and MTA-STS both present.
+      {"both, prefer dane (the default): DANE", both, "other.test",
+       with_sts("other.test", sts(M::enforce), T::usable), "dane-only", "dane", false, false,
+       {"discovered policy: DANE's dane-only (DANE, then MTA-STS first)", "MTA-STS: enforce"}},
+      {"both, prefer mta-sts: MTA-STS", both_sts_first, "other.test",
+       with_sts("other.test", sts(M::enforce), T::usable), secure, "mta-sts", false, false,
+       {"discovered policy: MTA-STS's secure (MTA-STS, then DANE first)", "DANE: the MX set is secure; 1 of 1"}},
+      {"both, DANE answers first: a testing policy would not enforce", both, "other.test",
+       with_sts("other.test", sts(M::testing), T::usable), "dane-only", "dane", false, false,
+       {"it would not change the answer"}},
+      {"prefer mta-sts, testing: DANE is next", both_sts_first, "other.test",
+       with_sts("other.test", sts(M::testing), T::usable), "dane-only", "dane", false, true, {}},
+      {"both on, no TLSA: MTA-STS", both, "other.test", with_sts("other.test", sts(M::enforce)), secure, "mta-sts",
+       false, false, {"no host publishes TLSA"}},
+      // A source switched off.
+      {"DANE off: TLSA is not looked at", sts_only, "other.test", with_sts("other.test", StsFacts{}, T::usable),
+       "may", "default", false, false, {"DANE: off (dane = \"off\")"}},
+      {"MTA-STS off (enabled = false): an enforce policy in the facts is ignored", sts_off, "other.test",
+       with_sts("other.test", sts(M::enforce)), "may", "default", false, false, {"MTA-STS: off"}},
+      {"MTA-STS off (no block)", dane_only, "other.test", with_sts("other.test", sts(M::enforce)), "may", "default",
+       false, false, {"MTA-STS: off"}},
+      {"nothing at all: the default", both, "other.test", with_sts("other.test", sts(M::none)), "may", "default",
+       false, false, {"decided by the default", "discovered policy: none"}},
+      // DNS failures: TEMP as before without a rule for the name.
+      {"DNS failed, an MX-aware rule defers: TEMP even with an enforce policy", sts_only, "other.test",
+       failed_sts("other.test", sts(M::enforce)), "", "temp", true, false, {"on_dns_failure = \"defer\""}},
+      {"DNS failed, nothing defers: MTA-STS still answers (it does not need the MX answer)", sts_ignore,
+       "other.test", failed_sts("other.test", sts(M::enforce)), secure, "mta-sts", false, false,
+       {"MX-aware rules: unknown (DNS failed: SERVFAIL)"}},
+      {"DNS failed, a may rule for the name, DANE might be stricter: TEMP", both, "exempt.test",
+       failed_sts("exempt.test", sts(M::none)), "", "temp", true, false,
+       {"deferred until DANE can be checked (rule \"exempt\" answers may", "DANE: unknown (DNS failed: SERVFAIL)"}},
+      {"DNS failed, an enforcing rule for the name: the rule", both, "partner.test",
+       failed_sts("partner.test", sts(M::none)), "encrypt", "rule", false, false, {"the rule for the name stands"}},
+      {"DNS failed, an enforcing rule for the name, MTA-STS enforce: MTA-STS", both, "partner.test",
+       failed_sts("partner.test", sts(M::enforce)), secure, "mta-sts", false, false,
+       {"the stricter wins: MTA-STS's secure over rule \"partner\" (encrypt)"}},
+      {"DNS failed, a may override: the override", both, "broken.test", failed_sts("broken.test", sts(M::enforce)),
+       "may", "rule", false, false, {"is an override"}},
+      {"DNS failed, a may rule, only MTA-STS on: the rule against MTA-STS", sts_only, "exempt.test",
+       failed_sts("exempt.test", sts(M::enforce)), secure, "mta-sts", false, false, {}},
+  };
+  for (auto& c : cases) {
+    Answer a = query(*c.snap, MapName::tls_policy, c.key, false, &c.facts);
+    Answer e = query(*c.snap, MapName::tls_policy, c.key, true, &c.facts);
+    std::string text = explain_text(*c.snap, MapName::tls_policy, c.key, e);
+    std::string got = a.found ? a.value : "NOTFOUND";
+    INFO(c.what << "\nkey " << c.key << "\ngot: " << got << (a.temp ? " (TEMP)" : "") << " source " << a.source
+                << " would_enforce " << a.sts_would_enforce << "\nwant: " << (c.temp ? "TEMP ..." : c.want)
+                << " source " << c.source << " would_enforce " << c.would_enforce << "\nvia: " << a.via
+                << "\nexplain:\n"
+                << text);
+    CHECK(a.temp == c.temp);
+    if (!c.temp) CHECK(got == c.want);
+    CHECK(a.source == c.source);
+    CHECK(a.sts_would_enforce == c.would_enforce);
+    // The log line names the source that decided whenever discovery decided or competed.
+    if (a.source == "mta-sts") CHECK(a.via.starts_with("MTA-STS enforce (id 20260101T000000"));
+    if (a.source == "dane" || a.source == "temp" || a.source == "mx-rule") CHECK_FALSE(a.via.empty());
+    // Explaining never changes the answer.
+    CHECK(e.found == a.found);
+    CHECK(e.temp == a.temp);
+    CHECK(e.value == a.value);
+    CHECK(e.source == a.source);
+    CHECK(e.sts_would_enforce == a.sts_would_enforce);
+    // Every source has its line.
+    for (const char* src : {"rule for the name: ", "MX-aware rules: ", "DANE: ", "MTA-STS: ", "default: ",
+                            "discovered policy: ", "why: "}) {
+      INFO("explain lacks the line " << src);
+      CHECK(text.find(src) != std::string::npos);
+    }
+    for (auto& w : c.explain) {
+      INFO("explain lacks: " << w);
+      CHECK(text.find(w) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("Answer::via for MTA-STS and an override") {
+  auto snap = load("dane = \"dane-only\"; mta_sts = { };", kStsRules);
+  auto f = with_sts("exempt.test", sts(StsMode::enforce));
+  Answer a = query(*snap, MapName::tls_policy, "exempt.test", false, &f);
+  CHECK(a.via == "MTA-STS enforce (id 20260101T000000, mx mail.partner.test), stricter than rule \"exempt\" (may)");
+  auto g = with_sts("broken.test", StsFacts{}, TlsaState::usable);
+  Answer b = query(*snap, MapName::tls_policy, "broken.test", false, &g);
+  INFO(b.via);
+  CHECK(b.via.starts_with("rule \"broken-partner\" (may) at "));
+  CHECK(b.via.ends_with("is an override: it wins over DANE's dane-only"));
+}
+
+TEST_CASE("discovery_target with MTA-STS and override; the static answer computed once") {
+  auto sts_snap = load("mta_sts = { };", kStsRules);
+  auto dane_snap = load("dane = \"dane\";", kStsRules);
+  auto plain = load("", kStsRules);  // MX-aware rules only
+  struct T {
+    const Snapshot* s;
+    std::string key;
+    std::string want;
+  };
+  const T cases[] = {
+      {sts_snap.get(), "other.test", "other.test"},     // no rule: MTA-STS could answer
+      {sts_snap.get(), "partner.test", "partner.test"}, // encrypt: MTA-STS's secure could be stricter
+      {sts_snap.get(), "exempt.test", "exempt.test"},
+      {sts_snap.get(), "pinned.test", ""},              // secure: nothing discovered beats it (tie: the rule)
+      {sts_snap.get(), "broken.test", ""},              // override: fast path, no DNS
+      {sts_snap.get(), "sub.broken.test", ""},          // its parent's override
+      {dane_snap.get(), "partner.test", ""},            // encrypt is stricter than opportunistic dane
+      {dane_snap.get(), "exempt.test", "exempt.test"},  // may: dane could be stricter
+      {plain.get(), "exempt.test", ""},                 // no DANE, no MTA-STS: the name rule decides, as before
+      {plain.get(), "other.test", "other.test"},
+  };
+  for (auto& c : cases) {
+    Answer st;
+    auto got = discovery_target(*c.s, MapName::tls_policy, c.key, false);
+    auto got2 = discovery_target(*c.s, MapName::tls_policy, c.key, false, &st);
+    INFO("key " << c.key << " got \"" << got << "\" want \"" << c.want << "\"");
+    CHECK(got == c.want);
+    CHECK(got2 == c.want);
+    // static_out is the static answer.
+    Answer q = query(*c.s, MapName::tls_policy, c.key);
+    CHECK(st.found == q.found);
+    CHECK(st.value == q.value);
+    CHECK(st.rule == q.rule);
+    CHECK(st.source == q.source);
+    // ... and query() with it answers as query() without it.
+    auto f = with_sts(c.key, sts(StsMode::enforce), TlsaState::usable);
+    Answer with = query(*c.s, MapName::tls_policy, c.key, false, &f, &st);
+    Answer without = query(*c.s, MapName::tls_policy, c.key, false, &f);
+    CHECK(with.value == without.value);
+    CHECK(with.source == without.source);
+    CHECK(with.via == without.via);
+  }
+  CHECK(sts_snap->needs_dns);
+  // Other maps: static_out is their answer, and no target.
+  Answer st;
+  CHECK(discovery_target(*sts_snap, MapName::transport, "u@partner.test", false, &st).empty());
+  CHECK(st.found == query(*sts_snap, MapName::transport, "u@partner.test").found);
+}

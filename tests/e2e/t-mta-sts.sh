@@ -46,8 +46,9 @@
 #      its mail is delivered; idchange.sts.test answers MTA-STS's secure (a
 #      weaker rule without override loses) and its mail is deferred.
 #   3. (c) tlspolicyd stopped, the HTTPS fixture stopped, tlspolicyd started
-#      again on the same cache: the same answers (the fixture is down, so
-#      they come from the cache); new mail to mismatch deferred, to enforce
+#      again on the same cache: its log says the policies were loaded from
+#      the cache file; the same answers (the fixture is down, so they come
+#      from the cache); new mail to mismatch deferred, to enforce
 #      and wildcard delivered with "Verified TLS connection".
 #   4. after a flush nothing for mismatch.sts.test reached the sink.
 set -euo pipefail
@@ -306,7 +307,15 @@ e2e_daemon_stop tlspolicyd
 e2e_daemon_stop https
 expect_eq "3 HTTPS fixture stopped" "$(_e2e_listening 127.0.0.1 "$STS_PORT" && echo listening || echo down)" down
 from=$(( $(wc -l <"$PF_MAILLOG") + 1 ))
+td_from=$(( $(wc -l <"$TD_LOG") + 1 ))
 td_start
+# The restarted daemon read the policies back from its cache file.
+loaded=$(tail -n +"$td_from" "$TD_LOG" | sed -n 's/.*MTA-STS cache .*: \([0-9]*\) policies loaded.*/\1/p' | head -n1)
+if [ "${loaded:-0}" -ge 5 ]; then
+    ok "3 tlspolicyd log after the restart: $loaded policies loaded from the cache"
+else
+    fail "3 tlspolicyd log after the restart: '${loaded:-no line}' policies loaded from the cache, want >= 5: $(tail -n +"$td_from" "$TD_LOG" | head -n 3)"
+fi
 answers 3
 send s@src.test u2@mismatch.sts.test
 send s@src.test u2@enforce.sts.test

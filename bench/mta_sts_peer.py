@@ -30,7 +30,8 @@ connection with Python's http.client).
 
 Usage (as root, from bench/mta_sts_peer.sh): mta_sts_peer.py BUILD_DIR
 Environment: DOMAINS (100), COLD (30), SECONDS_PER_RUN (3), ROUNDS (3),
-CONNS ("1 32 256"), DNS_FIXTURE_PY (tests/dns/fixture.py).
+CONNS ("1 32 256"), DNS_FIXTURE_PY (tests/dns/fixture.py), KEEP=1 (keep the
+temporary directory with the logs).
 """
 import os
 import re
@@ -316,4 +317,7 @@ finally:
     except NameError:
         pass
     stop_all()
-    shutil.rmtree(tmp, ignore_errors=True)
+    if os.environ.get("KEEP") == "1":
+        print("kept %s (the daemons' logs are there)" % tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -24,9 +24,10 @@
 # CONNECT_TO: the certificate is still checked for mta-sts.<domain>, against
 # mta_sts.ca_file = the test CA).
 # Sink "tls" on 127.0.0.2: STARTTLS with a certificate from the same test CA
-# naming mx.enforce/mx.wildcard/mx.mismatch/mx.testing.sts.test, so the only
-# thing wrong with mismatch.sts.test is its policy's mx pattern (mx.down and
-# mx.idchange are not named: those domains pass only without MTA-STS).
+# naming mx.enforce/mx.wildcard/mx.mismatch.sts.test, so the only thing
+# wrong with mismatch.sts.test is its policy's mx pattern (mx.testing,
+# mx.down and mx.idchange are not named: mail to those domains is delivered
+# only if their MTA-STS policy is not enforced).
 # tlspolicyd: default may, discovery forwarding to the DNS fixture, mta_sts
 # on, its persistent cache in the test directory.
 #
@@ -50,7 +51,8 @@
 #      the cache file; the same answers (the fixture is down, so they come
 #      from the cache); new mail to mismatch deferred, to enforce
 #      and wildcard delivered with "Verified TLS connection".
-#   4. after a flush nothing for mismatch.sts.test reached the sink.
+#   4. after a flush nothing for mismatch.sts.test or idchange.sts.test
+#      reached the sink.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -131,7 +133,7 @@ https_start() {
 mx_cert() {
     local d=$E2E_DIR/mx-tls
     mkdir -p "$d"
-    printf 'subjectAltName=DNS:mx.enforce.sts.test,DNS:mx.wildcard.sts.test,DNS:mx.mismatch.sts.test,DNS:mx.testing.sts.test\n' >"$d/ext"
+    printf 'subjectAltName=DNS:mx.enforce.sts.test,DNS:mx.wildcard.sts.test,DNS:mx.mismatch.sts.test\n' >"$d/ext"
     if ! openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=mx.enforce.sts.test \
             -keyout "$d/key.pem" -out "$d/csr.pem" >"$d/openssl.log" 2>&1 ||
        ! openssl x509 -req -in "$d/csr.pem" -CA "$STS_CA" -CAkey "$STS_DIR/ca.key" -CAcreateserial \

@@ -602,7 +602,8 @@ int main(int argc, char** argv) {
   for (auto& k : keys) {
     std::shared_ptr<const DestinationFacts> facts;
     if (!no_dns && snap->needs_dns) {
-      if (std::string target = discovery_target(*snap, map, k); !target.empty()) {
+      // --explain: discovered even where a rule decides, to show every source.
+      if (std::string target = discovery_target(*snap, map, k, explain); !target.empty()) {
         std::string err;
         if (!discoverer) {
           // MTA-STS: the daemon's persistent cache is read if this user can

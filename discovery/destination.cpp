@@ -49,6 +49,7 @@ struct Discoverer::Job {
   size_t txt_slot = SIZE_MAX;
   bool sts_fetching = false;
   bool sts_short = false;
+  int64_t sts_refresh_at = 0;  // unix time the policy in force is due for a proactive refresh
   StsFacts sts;
 };
 
@@ -76,6 +77,16 @@ void Discoverer::Hooks::set_timer(long ms) {
 
 namespace {
 int64_t unix_now() { return int64_t(std::time(nullptr)); }
+
+// Proactive refresh (RFC 8461 5.1 lets a sender refresh a policy in use
+// before it expires): a cached policy used by a discovery within
+// min(max_age / 4, 1 day) of its expiry is refetched in the background, at
+// most once per failure_ttl while refetches fail; the facts cache keeps a
+// destination's facts only until its policy is due, so a destination in use
+// is discovered again then. A policy nobody uses is left to expire.
+int64_t refresh_window(const sts::CachedPolicy& c) {
+  return std::min<int64_t>((c.expires - c.fetched) / 4, 86400);
+}
 }  // namespace
 
 std::unique_ptr<Discoverer> Discoverer::create(const DiscoverySettings& s, std::string* error,
@@ -168,6 +179,13 @@ void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
   // An MTA-STS fetch under way or failed: ask again soon (the fetch, when
   // it completes, also drops these facts: uncache_facts).
   if (j->sts_short) expires = std::min(expires, now + std::chrono::seconds(settings().failure_ttl));
+  // A cached MTA-STS policy: ask again when it is due for a proactive
+  // refresh (the discovery starts it), and never past its expiry.
+  if (j->sts_refresh_at) {
+    int64_t t = unix_now(), left = j->sts.expires - t;
+    int64_t keep = j->sts_refresh_at > t ? j->sts_refresh_at - t : std::min<int64_t>(settings().failure_ttl, left);
+    expires = std::min(expires, now + std::chrono::seconds(std::max<int64_t>(0, keep)));
+  }
   if (expires <= now) return;
   auto [e, fresh] = facts_.try_emplace(j->dest);
   if (fresh) {
@@ -406,16 +424,6 @@ void Discoverer::complete(const std::shared_ptr<Job>& j, const std::string& fail
 
 // ---------------------------------------------------------------- MTA-STS --
 
-namespace {
-// Proactive refresh (RFC 8461 5.1 lets a sender refresh a policy in use
-// before it expires): a cached policy used by a discovery within
-// min(max_age / 4, 1 day) of its expiry is refetched in the background, at
-// most once per failure_ttl while refetches fail. A policy nobody uses is
-// left to expire.
-int64_t refresh_window(const sts::CachedPolicy& c) {
-  return std::min<int64_t>((c.expires - c.fetched) / 4, 86400);
-}
-}  // namespace
 
 // Fills the job's StsFacts from the policy in force (or none).
 void Discoverer::set_sts(Job& j, const std::optional<sts::Policy>& p, const sts::CachedPolicy* c, std::string source,
@@ -436,6 +444,7 @@ void Discoverer::set_sts(Job& j, const std::optional<sts::Policy>& p, const sts:
   if (c) {
     f.id = c->id;
     f.expires = c->expires;
+    j.sts_refresh_at = c->expires - refresh_window(*c);
   }
   sts::AnswerOptions opt;
   opt.tlsrpt = settings().mta_sts.tlsrpt;
@@ -487,7 +496,7 @@ void Discoverer::on_txt(const std::shared_ptr<Job>& j) {
 }
 
 void Discoverer::maybe_refresh(const std::string& domain, sts::PolicyStore::Entry& e, int64_t now) {
-  if (store_->read_only() || e.cached.expires - now >= refresh_window(e.cached)) return;
+  if (store_->read_only() || e.cached.expires - now > refresh_window(e.cached)) return;
   if (now - e.refresh_tried < std::max(1, settings().failure_ttl) || fetches_.count(domain)) return;
   e.refresh_tried = now;
   start_fetch(domain, e.cached.id, nullptr, true);

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include <unistd.h>
+
 #include "policy/names.hpp"
 
 namespace tlspolicy::sts {
@@ -26,6 +28,8 @@ PolicyStore::PolicyStore(const std::string& path, size_t max_entries, bool read_
     sts_stats().cache_errors.add();
     this->log(true, msg);
   };
+  // Read only and no file: nothing to read, and nothing to say about it.
+  if (read_only_ && ::access(path.c_str(), F_OK) != 0) return;
   cache_ = std::make_unique<PolicyCache>(std::move(o));
   int64_t now = int64_t(std::time(nullptr));
   if (!read_only_) cache_->purge_expired(now);
@@ -69,14 +73,14 @@ void PolicyStore::store(const CachedPolicy& p) {
   auto& e = index_[p.domain];
   e.cached = p;
   e.policy = std::move(parsed.policy);
-  if (!read_only_) cache_->put(p);
+  if (!read_only_ && cache_) cache_->put(p);
   evict();
   sts_stats().policies.store(int64_t(index_.size()), std::memory_order_relaxed);
 }
 
 void PolicyStore::erase(const std::string& domain) {
   index_.erase(domain);
-  if (!read_only_) cache_->erase(domain);
+  if (!read_only_ && cache_) cache_->erase(domain);
   sts_stats().policies.store(int64_t(index_.size()), std::memory_order_relaxed);
 }
 

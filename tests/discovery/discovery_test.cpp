@@ -338,3 +338,60 @@ TEST_CASE("trust_forwarder_ad is refused with the reason (libunbound drops the f
   CHECK(!Discoverer::create(s, &err));
   CHECK(err.find("trust_forwarder_ad is not supported") != std::string::npos);
 }
+
+namespace {
+// The answer for (name, type) through the Resolver's loop.
+Resolver::Answer resolve_wait(Discoverer& d, const std::string& name, RrType type) {
+  Resolver::Answer got;
+  d.resolver().resolve(name, type, [&](const Resolver::Answer& a) { got = a; });
+  run_until(d, [&] { return bool(got); });
+  return got;
+}
+}  // namespace
+
+TEST_CASE("TXT: each record is its character-strings concatenated (RFC 8461 3.1)") {
+  auto d = make(fixture_settings());
+  auto one = resolve_wait(*d, "_mta-sts.enforce.sts.test", RrType::TXT);
+  REQUIRE(one);
+  CHECK(one->type == "TXT");
+  CHECK(one->status == DnsStatus::ok);
+  CHECK(one->data == std::vector<std::string>{"v=STSv1; id=enforce1"});
+  auto split = resolve_wait(*d, "_mta-sts.split.sts.test", RrType::TXT);
+  REQUIRE(split);
+  CHECK(split->data == std::vector<std::string>{"v=STSv1; id=split1"});
+  auto two = resolve_wait(*d, "_mta-sts.twotxt.sts.test", RrType::TXT);
+  REQUIRE(two);
+  CHECK(two->data.size() == 2);
+  auto none = resolve_wait(*d, "_mta-sts.notxt.sts.test", RrType::TXT);
+  REQUIRE(none);
+  CHECK(none->status == DnsStatus::nxdomain);
+}
+
+TEST_CASE("MTA-STS on: the TXT record is asked beside the MX; without a policy server nothing is in force") {
+  auto s = fixture_settings();
+  s.mta_sts.enabled = true;
+  s.mta_sts.cache_file = ":memory:";  // SQLite's in-memory database: nothing on disk
+  s.mta_sts.connect_to = {"mta-sts.enforce.sts.test:443:127.0.0.1:9"};  // nothing listens: refused at once
+  s.mta_sts.connect_timeout_ms = 1000;
+  s.deadline_ms = 3000;
+  auto d = make(s);
+  Discoverer::Facts got;
+  got = d->discover("enforce.sts.test", [&](const Discoverer::Facts& f) { got = f; });
+  run_until(*d, [&] { return bool(got); });
+  REQUIRE(got);
+  CHECK_FALSE(got->failed);
+  CHECK(got->sts.asked);
+  CHECK_FALSE(got->sts.in_force);  // the fetch failed, nothing cached: as if no MTA-STS (RFC 8461 5)
+  INFO(got->sts.note);
+  CHECK(got->sts.note.find("policy fetch failed") != std::string::npos);
+  bool txt_asked = false;
+  for (auto& a : got->answers) txt_asked |= a.type == "TXT" && a.name == "_mta-sts.enforce.sts.test";
+  CHECK(txt_asked);
+  // A literal next hop is no policy domain: no TXT question.
+  Discoverer::Facts lit;
+  lit = d->discover("[mx.enforce.sts.test]", [&](const Discoverer::Facts& f) { lit = f; });
+  run_until(*d, [&] { return bool(lit); });
+  REQUIRE(lit);
+  CHECK_FALSE(lit->sts.asked);
+  for (auto& a : lit->answers) CHECK(a.type != "TXT");
+}

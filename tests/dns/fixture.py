@@ -62,6 +62,12 @@ CIDR 127.0.2.0/24, an address outside it):
                   starting with "mx") A open. Keep delays under ~1.8 s: unbound
                   gives up on an upstream after that (discard-timeout is 0
                   here, so the client then gets SERVFAIL, not silence).
+  sts.test        (unsigned) MTA-STS cases, STS_DOMAINS below: <d> MX 10
+                  mx.<d> (A tls) and _mta-sts.<d> TXT "v=STSv1; id=..." for
+                  enforce, wildcard, mismatch, testing, none, nopolicy,
+                  redirect, big, slow, wrongname, expired, idchange (TTL 2),
+                  split, twotxt, badtxt, notxt (no TXT), down; the policies
+                  are tests/sts/https_fixture.py's sts_sites()
   bulk.test       with --bulk N: d0 .. d<N-1> MX 10 mx.bulk.test; mx A open
                   (TTL and negative TTL 86400; the other zones have 300)
 
@@ -79,7 +85,10 @@ fixture.env (sourceable by sh) and fixture.json hold:
   empty), DNS_ANCHOR (anchor.ds), DNS_TLSA_GOOD DNS_TLSA_BAD (hex),
   DNS_TLS_CERT DNS_TLS_KEY (key empty if --tlsa-cert given), DNS_ADDR_TLS
   DNS_ADDR_ENC DNS_ADDR_OPEN, DNS_SLOW_MS, DNS_MINI_PORT, DNS_UNBOUND_PID,
-  DNS_FIXTURE_PID, DNS_DIR.
+  DNS_FIXTURE_PID, DNS_DIR, DNS_CONTROL ("unbound-control -c DIR/unbound.conf":
+  unbound's remote control on DIR/control.sock, e.g. $DNS_CONTROL local_data
+  '_mta-sts.idchange.sts.test. 2 IN TXT "v=STSv1; id=2"'; from Python
+  set_txt()).
 
 --log-queries makes unbound log each query it receives ("info: 127.0.0.1
 NAME. MX IN"), to count what a client really asked.

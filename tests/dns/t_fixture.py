@@ -197,6 +197,12 @@ def main():
             ("_25._tcp.nomx.dnssec.test", "TLSA", "NOERROR", True, ["3 1 1 " + good]),
             ("nullmx.dnssec.test", "MX", "NOERROR", True, ["0 ."]),
             ("insecuremx.dnssec.test", "MX", "NOERROR", True, ["10 mx.open.plain.test."]),
+            ("_mta-sts.enforce.sts.test", "TXT", "NOERROR", False, ['"v=STSv1; id=enforce1"']),
+            ("_mta-sts.split.sts.test", "TXT", "NOERROR", False, ['"v=STSv1; " "id=split1"']),
+            ("_mta-sts.twotxt.sts.test", "TXT", "NOERROR", False, ['"v=STSv1; id=a1"', '"v=STSv1; id=a2"']),
+            ("_mta-sts.notxt.sts.test", "TXT", "NXDOMAIN", False, []),
+            ("enforce.sts.test", "MX", "NOERROR", False, ["10 mx.enforce.sts.test."]),
+            ("mx.enforce.sts.test", "A", "NOERROR", False, [tls]),
             ("mx.open.plain.test", "A", "NOERROR", False, [opn]),
             ("dangling.dnssec.test", "MX", "NOERROR", True, ["10 missing.dnssec.test."]),
             ("missing.dnssec.test", "A", "NXDOMAIN", True, []),
@@ -284,6 +290,20 @@ def main():
             u = ub.resolve(name, rtype)
             check("libunbound %s %s -> %s" % (name, rtype, want), verdict(u) == want, u)
         ub.close()
+
+        # A TXT record changed at run time (remote control, local_data).
+        r, _ = ask(fx, "_mta-sts.idchange.sts.test", "TXT")
+        check("idchange TXT before", rdatas(r, "TXT") == ['"v=STSv1; id=idchange1"'], rdatas(r, "TXT"))
+        fixture.set_txt(fx, "_mta-sts.idchange.sts.test", ['"v=STSv1; id=idchange2"'])
+        r, _ = ask(fx, "_mta-sts.idchange.sts.test", "TXT")
+        check("set_txt: the new TXT at once", rdatas(r, "TXT") == ['"v=STSv1; id=idchange2"'], rdatas(r, "TXT"))
+        fixture.set_txt(fx, "_mta-sts.idchange.sts.test", [])
+        r, _ = ask(fx, "_mta-sts.idchange.sts.test", "TXT")
+        check("set_txt []: NODATA", r.rcode() == dns.rcode.NOERROR and not rdatas(r, "TXT"), r.to_text())
+        fixture.control(fx, "local_data_remove", "_mta-sts.idchange.sts.test.")
+        r, _ = ask(fx, "_mta-sts.idchange.sts.test", "TXT")
+        check("local_data_remove: the zone's record again", rdatas(r, "TXT") == ['"v=STSv1; id=idchange1"'],
+              rdatas(r, "TXT"))
 
         # Stop by SIGTERM: exit 0, unbound gone.
         upid = fx["DNS_UNBOUND_PID"]

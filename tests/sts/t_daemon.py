@@ -18,7 +18,8 @@ the policy; one fetch per domain while the TXT id stays; an id change ->
 refetch and the new policy; `tlspolicy query` gives the same answer and
 never creates the cache file; a restart with the HTTPS fixture stopped ->
 policies still enforced from the persistent cache; a corrupt cache file ->
-logged, moved aside, the daemon serves.
+logged, moved aside, the daemon serves; an unopenable cache path -> logged,
+memory only, the daemon serves.
 """
 import os
 import re
@@ -71,7 +72,8 @@ def secure(mx):
 
 
 def conf(fx, port, mport, ca, cache, connect_to):
-    return """discovery = {
+    return """allow_empty = true;
+discovery = {
   forwarders = [ "%s" ];
   trust_anchor_file = "%s";
   query_timeout = 1000;
@@ -179,6 +181,10 @@ def main():
                 ("notxt.sts.test", r"NOTFOUND ?"),
                 ("idchange.sts.test", secure("mx.idchange.sts.test")),
             ]
+            # Proactive refresh: max_age 8 s, so due 2 s before it expires.
+            https.set_site("down.sts.test", Site(body=policy("enforce", ["mx.down.sts.test"], max_age=8), cert=good))
+            t_down = time.monotonic()
+            expect("refresh: down.sts.test (max_age 8)", td.ask(port, "down.sts.test"), secure("mx.down.sts.test"))
             for dom, want in cases:
                 expect(dom, td.ask(port, dom), want)
             # Asked again (facts cache or TXT id unchanged): no second fetch.
@@ -210,6 +216,26 @@ def main():
             check("slow server: fetched once (%r)" % https.hits.get("slow.sts.test"),
                   https.hits.get("slow.sts.test") == 1)
 
+            # 6.5 s after the fetch: due for refresh, not expired; the answer
+            # comes from the cache at once and a background fetch renews it.
+            time.sleep(max(0.0, 6.5 - (time.monotonic() - t_down)))
+            expect("refresh: in use near its expiry, still enforced", td.ask(port, "down.sts.test"),
+                   secure("mx.down.sts.test"))
+            end = time.monotonic() + 5
+            while time.monotonic() < end and https.hits.get("down.sts.test", 0) < 2:
+                time.sleep(0.1)
+            time.sleep(0.3)
+            ms = metrics(mport)
+            check("refresh: refetched in the background (hits %r, refresh counter %r)"
+                  % (https.hits.get("down.sts.test"), m(ms, "tlspolicy_mta_sts_fetches_total", result="refresh")),
+                  https.hits.get("down.sts.test") == 2
+                  and m(ms, "tlspolicy_mta_sts_fetches_total", result="refresh") == 1)
+            time.sleep(max(0.0, 9 - (time.monotonic() - t_down)))
+            expect("refresh: past the first policy's expiry, the refreshed one applies", td.ask(port, "down.sts.test"),
+                   secure("mx.down.sts.test"))
+            check("refresh: no further fetch (%r)" % https.hits.get("down.sts.test"),
+                  https.hits.get("down.sts.test") == 2)
+
             # Id change: a new policy is served and the TXT id moves on.
             before = metrics(mport)
             https.set_site("idchange.sts.test", Site(body=policy("enforce", ["mx2.idchange.sts.test"]), cert=good))
@@ -226,11 +252,44 @@ def main():
             time.sleep(2.5)
             expect("id change with a failed refetch: the cached policy stays", td.ask(port, "idchange.sts.test"),
                    secure("mx2.idchange.sts.test"))
+            # A "none" policy under a new id drops the cached one (RFC 8461 5).
+            cached_before = m(metrics(mport), "tlspolicy_mta_sts_policies_cached") or 0
+            https.set_site("idchange.sts.test", Site(body=policy("none", max_age=86400), cert=good))
+            fixture.set_txt(fx, "_mta-sts.idchange.sts.test", ['"v=STSv1; id=idchange4"'])
+            time.sleep(2.5)
+            expect("id change to a none policy: no policy any more", td.ask(port, "idchange.sts.test"), r"NOTFOUND ?")
+            cached_after = m(metrics(mport), "tlspolicy_mta_sts_policies_cached") or 0
+            check("none: the cached policy is dropped (policies cached %r -> %r)" % (cached_before, cached_after),
+                  cached_after == cached_before - 1)
+            # ... and later requests stay without one (served from the facts, or re-decided: nothing cached).
+            expect("none: asked again", td.ask(port, "idchange.sts.test"), r"NOTFOUND ?")
+            # Back to an enforce policy for the checks below (restart from the cache).
+            https.set_site("idchange.sts.test", Site(body=policy("enforce", ["mx2.idchange.sts.test"]), cert=good))
+            fixture.set_txt(fx, "_mta-sts.idchange.sts.test", ['"v=STSv1; id=idchange5"'])
+            time.sleep(2.5)
+            expect("id change back to enforce", td.ask(port, "idchange.sts.test"), secure("mx2.idchange.sts.test"))
+
             ms = metrics(mport)
             check("metrics: fetches ok and failed, policies cached (%r)" % ms,
                   (m(ms, "tlspolicy_mta_sts_fetches_total", result="ok") or 0) >= 6
                   and (m(ms, "tlspolicy_mta_sts_fetches_total", result="failed") or 0) >= 5
                   and (m(ms, "tlspolicy_mta_sts_policies_cached") or 0) >= 6)
+
+            # A reload that changes an MTA-STS setting replaces the Discoverer
+            # (and its facts cache) but keeps the policy store: no refetch.
+            hits = dict(https.hits)
+            with open(os.path.join(d, "a.conf"), "w") as f:
+                f.write(a_conf.replace("fetch_timeout = 8000;", "fetch_timeout = 7000;"))
+            a.send_signal(signal.SIGHUP)
+            end = time.monotonic() + 10
+            while time.monotonic() < end and log_of(d, "a").count("reloaded") < 1:
+                time.sleep(0.1)
+            check("reload with a changed mta_sts setting", "reloaded" in log_of(d, "a"))
+            for dom, mx in (("enforce.sts.test", "mx.enforce.sts.test"), ("wildcard.sts.test", ".wildcard.sts.test")):
+                expect("after the reload: " + dom, td.ask(port, dom), secure(mx))
+            check("after the reload: the policies are still known, no new fetch (%r -> %r)"
+                  % (hits.get("enforce.sts.test"), https.hits.get("enforce.sts.test")),
+                  all(https.hits.get(x) == hits.get(x) for x in ("enforce.sts.test", "wildcard.sts.test")))
 
             # The CLI: the same discovery; reads the cache, never creates one.
             cli_conf = os.path.join(d, "cli.conf")
@@ -260,6 +319,9 @@ def main():
             for dom, mx in (("enforce.sts.test", "mx.enforce.sts.test"), ("slow.sts.test", "mx.slow.sts.test"),
                             ("idchange.sts.test", "mx2.idchange.sts.test")):
                 expect("after a restart, HTTPS down: %s from the cache" % dom, td.ask(port, dom), secure(mx))
+            end = time.monotonic() + 5
+            while time.monotonic() < end and "policies loaded" not in log_of(d, "b"):
+                time.sleep(0.1)
             check("log: policies loaded from the cache", re.search(r"MTA-STS cache .*: \d+ policies loaded",
                                                                    log_of(d, "b")) is not None)
             stop(b)
@@ -274,11 +336,30 @@ def main():
                 return
             expect("corrupt cache: the daemon serves (HTTPS down, nothing cached)", td.ask(port, "enforce.sts.test"),
                    r"NOTFOUND ?")
+            end = time.monotonic() + 5
+            while time.monotonic() < end and "moved it to" not in log_of(d, "c"):
+                time.sleep(0.1)
             log = log_of(d, "c")
             check("corrupt cache: logged and moved aside", "moved it to" in log and any(
                 n.startswith("bad.db.corrupt-") for n in os.listdir(d)), log[-800:])
             ms = metrics(mport)
             check("metrics: cache error counted", (m(ms, "tlspolicy_mta_sts_cache_errors_total") or 0) >= 1, repr(ms))
+            stop(c)
+
+            # A cache path that cannot be opened (no such directory): logged,
+            # policies kept in memory, the daemon serves.
+            nodir = os.path.join(d, "no-such-dir", "sts.db")
+            e = start(d, "e", conf(fx, port, mport, pki.ca, nodir, connect_to))
+            daemons.append(e)
+            if e is None:
+                return
+            expect("unopenable cache: the daemon serves", td.ask(port, "enforce.sts.test"), r"NOTFOUND ?")
+            end = time.monotonic() + 5
+            while time.monotonic() < end and "memory only" not in log_of(d, "e"):
+                time.sleep(0.1)
+            check("unopenable cache: logged (kept in memory only)", "memory only" in log_of(d, "e"),
+                  log_of(d, "e")[-800:])
+            check("unopenable cache: nothing created", not os.path.exists(os.path.dirname(nodir)))
         finally:
             for p in daemons:
                 stop(p)

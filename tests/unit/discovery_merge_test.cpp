@@ -447,10 +447,10 @@ TEST_CASE("MTA-STS, DANE and the admin's rules: one precedence") {
       // DANE and MTA-STS both present.
       {"both, prefer dane (the default): DANE", both, "other.test",
        with_sts("other.test", sts(M::enforce), T::usable), "dane-only", "dane", false, false,
-       {"discovered policy: DANE's dane-only (DANE, then MTA-STS first)", "MTA-STS: enforce"}},
+       {"discovered policy: DANE's dane-only (asked in order: DANE, then MTA-STS)", "MTA-STS: enforce"}},
       {"both, prefer mta-sts: MTA-STS", both_sts_first, "other.test",
        with_sts("other.test", sts(M::enforce), T::usable), secure, "mta-sts", false, false,
-       {"discovered policy: MTA-STS's secure (MTA-STS, then DANE first)", "DANE: the MX set is secure; 1 of 1"}},
+       {"discovered policy: MTA-STS's secure (asked in order: MTA-STS, then DANE)", "DANE: the MX set is secure; 1 of 1"}},
       {"both, DANE answers first: a testing policy would not enforce", both, "other.test",
        with_sts("other.test", sts(M::testing), T::usable), "dane-only", "dane", false, false,
        {"it would not change the answer"}},

@@ -224,3 +224,48 @@ TEST_CASE("an empty cache file (a crash right after creation) is simply used") {
   CHECK(c.put(pol("a.example", "1", 1)));
   fs::remove_all(dir);
 }
+
+TEST_CASE("read only (tlspolicy query): reads the file, never creates, writes or moves it") {
+  std::string dir = testing::temp_dir();
+  std::string path = dir + "/mta-sts.db";
+  Logged log;
+  {
+    PolicyCache c(log.opts(path));
+    REQUIRE(c.put(pol("a.example", "id1", 1000)));
+  }
+  auto before = fs::last_write_time(path);
+  {
+    auto o = log.opts(path);
+    o.read_only = true;
+    PolicyCache ro(o);
+    auto got = ro.get("a.example");
+    REQUIRE(got);
+    CHECK(got->id == "id1");
+    CHECK(ro.all().size() == 1);
+  }
+  CHECK(fs::last_write_time(path) == before);
+  // No file: none is created.
+  std::string missing = dir + "/none.db";
+  {
+    auto o = log.opts(missing);
+    o.read_only = true;
+    PolicyCache ro(o);
+    CHECK_FALSE(ro.get("a.example"));
+  }
+  CHECK_FALSE(fs::exists(missing));
+  // A garbage file is not moved aside (the daemon's job, not a query's).
+  std::string bad = dir + "/bad.db";
+  {
+    std::ofstream(bad) << std::string(4096, 'x');
+  }
+  log.lines.clear();
+  {
+    auto o = log.opts(bad);
+    o.read_only = true;
+    PolicyCache ro(o);
+    CHECK_FALSE(ro.get("a.example"));
+  }
+  CHECK(fs::exists(bad));
+  CHECK(aside_files(dir).empty());
+  CHECK(log.all().find("read only") != std::string::npos);
+}

@@ -16,7 +16,9 @@ Servers: "const" (bench/const_responder: the ceiling), "tlspolicyd" (MTA-STS
 on, its SQLite cache in a temp file, the same DNS and HTTPS fixtures: it
 resolves mta-sts.<d> through the same resolv.conf and checks the certificate
 against the test CA with mta_sts.ca_file; daemon.log_rule_lookups off, as the
-peer logs nothing per lookup at -v warn), "peer-internal" (cache type
+peer logs nothing per lookup at -v warn), "tlspolicyd-static" (the same
+daemon with one static rule per domain giving the same answer: what a cache
+hit costs over a rule), "peer-internal" (cache type
 internal, in memory) and "peer-sqlite" (the cache type Debian's
 /etc/mta-sts-daemon.yml ships: sqlite, in a temp file). Every row is printed
 with throughput and p99, then tlspolicyd's ratio to const and to each peer.
@@ -201,6 +203,21 @@ daemon = { socketmap = [ "inet:127.0.0.1:%d" ]; max_connections = 2000; log_rule
     procs.append(("tlspolicyd", td))
     wait_port(tport, td, "tlspolicyd")
     servers["tlspolicyd"] = (tport, "tls-policy")
+
+    # The same daemon with static rules giving the same answers: what an
+    # MTA-STS cache hit costs over a rule, in the same run.
+    sport = free_port()
+    sconf = os.path.join(tmp, "tlspolicyd-static.conf")
+    with open(sconf, "w") as f:
+        f.write('default = "may";\noutbound = (\n%s\n);\n'
+                'daemon = { socketmap = [ "inet:127.0.0.1:%d" ]; max_connections = 2000; log_rule_lookups = false; };\n'
+                % (",\n".join('  { name = "r%d"; level = "secure match=mx.%s:.mx.%s servername=hostname"; to = [ "%s" ]; }'
+                              % (i, d, d, d) for i, d in enumerate(domains)), sport))
+    ts = subprocess.Popen([os.path.join(build, "tlspolicyd"), "-f", "-c", sconf], stdin=subprocess.DEVNULL,
+                          stdout=open(os.path.join(tmp, "tlspolicyd-static.log"), "w"), stderr=subprocess.STDOUT)
+    procs.append(("tlspolicyd-static", ts))
+    wait_port(sport, ts, "tlspolicyd-static")
+    servers["tlspolicyd-static"] = (sport, "tls-policy")
     for name, cache in (("peer-internal", "  type: internal\n  options:\n    cache_size: 10000\n"),
                         ("peer-sqlite", "  type: sqlite\n  options:\n    filename: \"%s\"\n"
                          % os.path.join(tmp, "peer-cache.db"))):
@@ -235,7 +252,7 @@ daemon = { socketmap = [ "inet:127.0.0.1:%d" ]; max_connections = 2000; log_rule
     keys = os.path.join(tmp, "keys")
     with open(keys, "w") as f:
         f.write("\n".join(domains) + "\n")
-    print("\n%-5s %-14s %10s %9s %9s %7s   (best of %d interleaved rounds of %s s, %d keys, all cache hits)"
+    print("\n%-5s %-18s %10s %9s %9s %7s   (best of %d interleaved rounds of %s s, %d keys, all cache hits)"
           % ("conns", "server", "req/s", "p50_us", "p99_us", "failed", rounds, secs, len(domains)))
     table = {}
     for c in conns:
@@ -253,16 +270,18 @@ daemon = { socketmap = [ "inet:127.0.0.1:%d" ]; max_connections = 2000; log_rule
             rps, last = best[name]
             f = dict(re.findall(r"(\w+)=([\d.]+)", last))
             table[(c, name)] = (rps, f.get("p99", "?"))
-            print("%-5s %-14s %10.0f %9s %9s %7s" % (c, name, rps, f.get("p50", "?"), f.get("p99", "?"),
+            print("%-5s %-18s %10.0f %9s %9s %7s" % (c, name, rps, f.get("p50", "?"), f.get("p99", "?"),
                                                      f.get("failed", "?")))
-    print("\n%-5s %18s %22s %20s" % ("conns", "tlspolicyd/const", "tlspolicyd/peer-int", "tlspolicyd/peer-sql"))
+    print("\n%-5s %18s %22s %20s %20s" % ("conns", "tlspolicyd/const", "tlspolicyd/peer-int", "tlspolicyd/peer-sql",
+                                         "tlspolicyd/static"))
     for c in conns:
         t = table[(c, "tlspolicyd")][0]
 
         def r(n):
             v = table[(c, n)][0]
             return "%.2f" % (t / v) if v else "-"
-        print("%-5s %18s %22s %20s" % (c, r("const"), r("peer-internal"), r("peer-sqlite")))
+        print("%-5s %18s %22s %20s %20s" % (c, r("const"), r("peer-internal"), r("peer-sqlite"),
+                                             r("tlspolicyd-static")))
 
     # Cold misses: the first request for a domain, one at a time.
     def pcts(v):

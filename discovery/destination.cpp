@@ -550,7 +550,9 @@ void Discoverer::on_fetched(const std::string& domain, const sts::FetchResult& r
   std::optional<sts::CachedPolicy> cached;
   if (e) cached = e->cached;
   auto o = sts::after_fetch(domain, cached, f.id, r.ok, r.ok ? r.body : r.error, now);
-  bool valid = o.change != sts::FetchOutcome::CacheChange::keep;
+  // A policy that parsed (a "none" one with nothing cached included): the
+  // fetch worked. Else it failed and the facts are kept only failure_ttl.
+  bool valid = r.ok && sts::parse_policy(r.body).policy.has_value();
   (valid ? sts::sts_stats().fetches_ok : sts::sts_stats().fetches_failed).add();
   if (o.change == sts::FetchOutcome::CacheChange::store) store_->store(*o.entry);
   else if (o.change == sts::FetchOutcome::CacheChange::erase) store_->erase(domain);

@@ -1059,10 +1059,18 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
                          : fmt::format("discovered policy: none (asked in order: {})", order));
   }
 
+  // A testing policy that would have decided: said in the log line too.
+  auto note_testing = [&](std::string& via) {
+    if (!would_enforce) return;
+    if (!via.empty()) via += "; ";
+    via += fmt::format("MTA-STS testing ({}) would enforce {}: not enforced in testing mode", sts_ident(st),
+                       sts_answer(st));
+  };
   Answer d;
   switch (winner) {
     case use_static:
       a.sts_would_enforce = would_enforce;
+      note_testing(a.via);
       if (explain) a.reasoning = fmt::format("{}; {}", merge_why, a.reasoning);
       return a;
     case use_temp:
@@ -1080,6 +1088,7 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
                                                s.where(*admin_rule), disc_words())
                                  : fmt::format("{} at {}, at least as strict as {}", admin_words(),
                                                s.where(*admin_rule), disc_words());
+        note_testing(a.via);
         if (explain) {
           for (auto& step : o.steps) a.trail.push_back(step);
           a.reasoning = fmt::format("{}; {}", a.reasoning, merge_why);
@@ -1106,6 +1115,7 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
       break;
   }
   d.sts_would_enforce = would_enforce;
+  note_testing(d.via);
   if (explain) {
     // The deciding MX-aware rule first; the rules that lost (the name rule,
     // other MX-aware matches, the default) after it.

@@ -56,8 +56,10 @@ struct Answer {
   // [207.219.44.9] in 207.219.44.0/24 at force-encrypt.list:3", "DANE: the
   // MX set is secure; 2 of 2 hosts with usable TLSA (...): dane-only",
   // "MTA-STS enforce (id 2026..., mx mail.partner.example), stricter than
-  // rule \"x\" (may)", or the TEMP reason. Empty when the static policy
-  // answered and nothing discovered competed.
+  // rule \"x\" (may)", or the TEMP reason; with "MTA-STS testing (...)
+  // would enforce secure match=...: not enforced in testing mode" appended
+  // when sts_would_enforce. Empty when the static policy answered and
+  // nothing discovered competed.
   std::string via;
   // Which source decided, for metrics and logs: "rule" (a rule for the
   // key), "mx-rule" (an MX-aware rule through the MX hosts), "dane",

@@ -503,6 +503,10 @@ TEST_CASE("MTA-STS, DANE and the admin's rules: one precedence") {
     // The log line names the source that decided whenever discovery decided or competed.
     if (a.source == "mta-sts") CHECK(a.via.starts_with("MTA-STS enforce (id 20260101T000000"));
     if (a.source == "dane" || a.source == "temp" || a.source == "mx-rule") CHECK_FALSE(a.via.empty());
+    // ... and a testing policy that would have decided.
+    CHECK((a.via.find("MTA-STS testing (id 20260101T000000, mx mail.partner.test) would enforce secure "
+                      "match=mail.partner.test servername=hostname: not enforced in testing mode") !=
+           std::string::npos) == c.would_enforce);
     // Explaining never changes the answer.
     CHECK(e.found == a.found);
     CHECK(e.temp == a.temp);

@@ -67,20 +67,63 @@ PolicyStore::Entry* PolicyStore::find(const std::string& domain) {
   return it == index_.end() ? nullptr : &it->second;
 }
 
+PolicyStore::~PolicyStore() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+void PolicyStore::write(std::function<void(PolicyCache&)> op) {
+  if (read_only_ || !cache_) return;
+  {
+    std::lock_guard lock(mutex_);
+    if (queue_.size() >= kMaxQueued) {
+      sts_stats().cache_errors.add();
+      return;  // (not logged here: a flood would flood the log; the counter says it)
+    }
+    queue_.push_back(std::move(op));
+    if (!writer_.joinable())
+      writer_ = std::thread([this] {
+        std::unique_lock lock(mutex_);
+        for (;;) {
+          wake_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+          if (queue_.empty()) return;  // stop_, and everything written
+          auto next = std::move(queue_.front());
+          queue_.pop_front();
+          busy_ = true;
+          lock.unlock();
+          next(*cache_);  // PolicyCache logs its own failures (thread-safe log)
+          lock.lock();
+          busy_ = false;
+          if (queue_.empty()) idle_.notify_all();
+        }
+      });
+  }
+  wake_.notify_one();
+}
+
+void PolicyStore::flush() {
+  std::unique_lock lock(mutex_);
+  idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+}
+
 void PolicyStore::store(const CachedPolicy& p) {
   auto parsed = parse_policy(p.text);
   if (!parsed.policy) return;  // after_fetch stores only policies that parsed
   auto& e = index_[p.domain];
   e.cached = p;
   e.policy = std::move(parsed.policy);
-  if (!read_only_ && cache_) cache_->put(p);
+  write([p](PolicyCache& c) { c.put(p); });
   evict();
   sts_stats().policies.store(int64_t(index_.size()), std::memory_order_relaxed);
 }
 
 void PolicyStore::erase(const std::string& domain) {
   index_.erase(domain);
-  if (!read_only_ && cache_) cache_->erase(domain);
+  write([domain](PolicyCache& c) { c.erase(domain); });
   sts_stats().policies.store(int64_t(index_.size()), std::memory_order_relaxed);
 }
 

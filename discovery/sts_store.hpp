@@ -4,17 +4,30 @@
 // store outlives the Discoverers a reload replaces (the daemon hands it on),
 // so a reload neither forgets policies nor reopens the file.
 //
+// The writes run on a thread of the store's own, in order: SQLite makes
+// each one durable (journal, fdatasync: milliseconds, tens of them on a busy
+// disk), and on the event loop that would stall every other client's
+// answer while a new policy is written. Memory is updated at once, so the
+// daemon's answers never wait for the file; at most kMaxQueued writes wait
+// (beyond, a write is dropped, logged and counted: the policy stays in
+// memory and is written again when next fetched). The destructor finishes
+// the writes queued.
+//
 // A cache file that cannot be used is logged (and counted) and the store
 // keeps policies in memory: it never stops the daemon. read_only (for
 // `tlspolicy query`) reads the file when it can and never creates or writes it.
 #pragma once
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <mutex>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 
 #include "discovery/mta_sts_policy.hpp"
@@ -48,6 +61,7 @@ class PolicyStore {
   };
 
   PolicyStore(const std::string& path, size_t max_entries, bool read_only, Log log);
+  ~PolicyStore();
   PolicyStore(const PolicyStore&) = delete;
   PolicyStore& operator=(const PolicyStore&) = delete;
 
@@ -64,9 +78,20 @@ class PolicyStore {
   bool persistent() const { return cache_ && cache_->persistent(); }
   void set_max_entries(size_t n) { max_entries_ = n; }
   void log(bool error, std::string_view msg) const;
+  // Waits until the writes queued so far are in the file (tests).
+  void flush();
+
+  static constexpr size_t kMaxQueued = 10000;
 
  private:
   void evict();
+  // Queues one write for the writer thread (started on first use).
+  void write(std::function<void(PolicyCache&)> op);
+  std::mutex mutex_;
+  std::condition_variable wake_, idle_;
+  std::deque<std::function<void(PolicyCache&)>> queue_;
+  bool stop_ = false, busy_ = false;
+  std::thread writer_;
   std::string path_;
   size_t max_entries_;
   bool read_only_;

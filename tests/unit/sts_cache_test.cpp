@@ -11,6 +11,10 @@
 #include <fstream>
 
 #include "discovery/sts_cache.hpp"
+#include "discovery/sts_store.hpp"
+
+#include <fmt/format.h>
+#include <ctime>
 #include "testing.hpp"
 
 using namespace tlspolicy::sts;
@@ -268,4 +272,34 @@ TEST_CASE("read only (tlspolicy query): reads the file, never creates, writes or
   CHECK(fs::exists(bad));
   CHECK(aside_files(dir).empty());
   CHECK(log.all().find("read only") != std::string::npos);
+}
+
+// The store writes on a thread of its own (never on the event loop); what it
+// was given is in the file once flushed, and a store destroyed with writes
+// queued finishes them first: a restart finds every policy.
+TEST_CASE("the policy store writes through off the caller's thread, and nothing queued is lost") {
+  std::string dir = testing::temp_dir();
+  std::string path = dir + "/mta-sts.db";
+  int64_t now = int64_t(std::time(nullptr));
+  std::vector<std::string> logged;
+  auto log = [&logged](bool, std::string_view m) { logged.emplace_back(m); };
+  {
+    PolicyStore s(path, 1000, false, log);
+    for (int i = 0; i < 200; ++i) s.store(pol(fmt::format("d{}.example", i), "id1", now));
+    CHECK(s.size() == 200);  // memory at once
+    s.erase("d7.example");
+    s.flush();
+    CacheOptions ro;
+    ro.path = path;
+    ro.max_entries = 1000;
+    ro.read_only = true;
+    PolicyCache c(ro);  // a second reader: the file has them
+    CHECK(c.size() == 199);
+    CHECK_FALSE(c.get("d7.example"));
+    for (int i = 200; i < 400; ++i) s.store(pol(fmt::format("d{}.example", i), "id1", now));
+  }  // destroyed with writes still queued
+  PolicyStore again(path, 1000, false, log);
+  CHECK(again.size() == 399);
+  CHECK(again.find("d399.example"));
+  CHECK_FALSE(again.find("d7.example"));
 }

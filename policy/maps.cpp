@@ -666,6 +666,9 @@ struct Outcome {
   bool dane = false;          // DANE has an answer
   Level dane_level = Level::dane;
   std::string dane_value;     // "dane" or "dane-only"
+  // Some MX host publishes no TLSA: Postfix's dane level is opportunistic
+  // ("may") for it, so the answer allows plaintext to that host.
+  bool dane_opportunistic = false;
   std::string dane_note;      // the DANE assessment (explain, and the log line when DANE decides)
 };
 
@@ -766,6 +769,7 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
     } else {
       o.dane = true;
       bool all_usable = usable == n;
+      o.dane_opportunistic = usable + unusable + failed < n;
       // "dane" is opportunistic (Postfix repeats the TLSA lookup at
       // delivery, and falls back to "may" should the records have gone), so
       // it ranks below encrypt; "dane-only" is mandatory and ranks above
@@ -927,8 +931,19 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
   };
   std::optional<Found> disc;
   bool sts_reached = false;  // no source before MTA-STS answered
+  // DANE that leaves some MX host opportunistic (no TLSA: Postfix's dane
+  // level sends to it with "may", plaintext allowed) does not stop the
+  // search: RFC 8461 section 2 puts DANE first per host, and for the hosts
+  // without TLSA an MTA-STS enforce policy still requires TLS. Postfix takes
+  // one level per next hop, so the stricter of the two (MTA-STS's secure)
+  // applies; partial DANE is the answer only when nothing stricter follows.
+  std::optional<Found> partial_dane;
   for (auto src : ds.order) {
     if (src == DiscoveredSource::dane && o.dane) {
+      if (o.dane_opportunistic) {
+        partial_dane = Found{src, o.dane_level, o.dane_value};
+        continue;
+      }
       disc = Found{src, o.dane_level, o.dane_value};
       break;
     }
@@ -940,6 +955,8 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
       }
     }
   }
+  bool sts_over_partial_dane = disc && partial_dane;
+  if (!disc) disc = partial_dane;
   auto disc_words = [&] { return fmt::format("{}'s {}", source_name(disc->src), level_name(disc->level)); };
 
   // Admin against discovered.
@@ -953,6 +970,14 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
     winner = use_admin;
   else if (disc)
     winner = use_disc;
+  // The default as a floor under partial DANE: "dane" with an MX host
+  // without TLSA sends to that host opportunistically, where a default that
+  // enforces TLS (default = "encrypt") would not let it go in plaintext.
+  // Discovery never makes a destination weaker than the admin's default.
+  bool default_floor = winner == use_disc && disc->src == DiscoveredSource::dane && o.dane_opportunistic &&
+                       a.found && a.rule != kNone && s.rules[a.rule].is_default &&
+                       rank(s.rules[a.rule].policy.level) > rank(disc->level);
+  if (default_floor) winner = use_static;
   // A testing policy "would enforce": had it been enforce, it would have decided.
   bool would_enforce = sts_testing && winner != use_temp && sts_reached &&
                        (!admin_rule || (!admin_override && rank(Level::secure) > rank(admin_rule->policy.level)));
@@ -978,6 +1003,11 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
       merge_why = fmt::format("no rule for the name or its MX hosts: {} applies (the default only applies when "
                               "nothing else does)",
                               disc_words());
+    else if (default_floor)
+      merge_why = fmt::format("DANE leaves an MX host without TLSA opportunistic (Postfix's dane level: \"may\" "
+                              "for it), and the default ({}) enforces TLS: the default applies, discovery never "
+                              "makes a destination weaker than the default",
+                              s.rules[a.rule].policy.value());
     else
       merge_why = o.null_mx ? "the domain publishes a null MX (RFC 7505): it accepts no mail, Postfix returns such "
                               "mail at once"
@@ -988,6 +1018,9 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
                                        : ", and on_dns_failure = \"ignore\": answered as if no MX-aware rule matched");
     if (winner == use_disc && disc->src == DiscoveredSource::dane)
       merge_why += " (Postfix validates the TLSA records itself, with smtp_dns_support_level = dnssec)";
+    if (sts_over_partial_dane && (winner == use_disc || winner == use_admin))
+      merge_why += "; DANE was asked first but leaves an MX host without TLSA opportunistic, so MTA-STS's "
+                   "enforce policy, which requires TLS to every MX host, is the discovered policy";
   }
 
   // Every source's answer, for --explain.
@@ -1070,6 +1103,10 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
   switch (winner) {
     case use_static:
       a.sts_would_enforce = would_enforce;
+      if (default_floor)
+        a.via = fmt::format("the default ({}) over DANE's dane: an MX host has no TLSA, and Postfix's dane "
+                            "level would send to it opportunistically",
+                            s.rules[a.rule].policy.value());
       note_testing(a.via);
       if (explain) a.reasoning = fmt::format("{}; {}", merge_why, a.reasoning);
       return a;

@@ -20,10 +20,11 @@ std::string anchor() {
   return path;
 }
 
-std::shared_ptr<const Snapshot> load(const std::string& discovery_extra, const std::string& rules_extra = "") {
+std::shared_ptr<const Snapshot> load(const std::string& discovery_extra, const std::string& rules_extra = "",
+                                     const std::string& default_level = "may") {
   std::string conf = "discovery = { trust_anchor_file = \"" + anchor() + "\"; " + discovery_extra +
                      " };\n"
-                     "default = \"may\";\n"
+                     "default = \"" + default_level + "\";\n"
                      "outbound = (\n"
                      " { name = \"force-encrypt\"; level = \"encrypt\"; to_lists = \"force.list\"; },\n"
                      " { name = \"bank\"; level = \"verify\"; to = [ \"bank.test\", \"198.51.100.0/24\" ]; },\n"
@@ -588,4 +589,79 @@ TEST_CASE("discovery_target with MTA-STS and override; the static answer compute
   Answer st;
   CHECK(discovery_target(*sts_snap, MapName::transport, "u@partner.test", false, &st).empty());
   CHECK(st.found == query(*sts_snap, MapName::transport, "u@partner.test").found);
+}
+
+// Partial DANE (an MX host without TLSA: Postfix's dane level sends to it
+// opportunistically) never weakens what another source or the default
+// requires: MTA-STS enforce after it still applies, and a default that
+// enforces TLS stays the floor. Full DANE coverage is unaffected.
+TEST_CASE("partial DANE does not weaken MTA-STS or an enforcing default") {
+  auto both = load("dane = \"dane\"; mta_sts = { };");
+  auto dane_enc_default = load("dane = \"dane\";", "", "encrypt");
+  auto dane_only_enc_default = load("dane = \"dane-only\";", "", "encrypt");
+  auto partial = [](StsFacts st) {
+    auto f = mx("other.test",
+                {host("mx1.other.test", {"192.0.2.11"}, TlsaState::usable),
+                 host("mx2.other.test", {"192.0.2.12"}, TlsaState::none, 20)},
+                DnsSecurity::secure);
+    f.sts = std::move(st);
+    return f;
+  };
+  auto full = [](StsFacts st) {
+    auto f = mx("other.test",
+                {host("mx1.other.test", {"192.0.2.11"}, TlsaState::usable),
+                 host("mx2.other.test", {"192.0.2.12"}, TlsaState::unusable, 20)},
+                DnsSecurity::secure);
+    f.sts = std::move(st);
+    return f;
+  };
+  auto ask = [](const Snapshot& s, const DestinationFacts& f) {
+    Answer a = query(s, MapName::tls_policy, "other.test", false, &f);
+    Answer e = query(s, MapName::tls_policy, "other.test", true, &f);
+    std::string text = explain_text(s, MapName::tls_policy, "other.test", e);
+    INFO(text);
+    CHECK(e.value == a.value);
+    return std::pair{a, text};
+  };
+  const std::string secure = "secure match=mail.partner.test servername=hostname";
+  {
+    auto [a, text] = ask(*both, partial(sts(StsMode::enforce)));
+    INFO(text);
+    CHECK(a.value == secure);
+    CHECK(a.source == "mta-sts");
+    CHECK(text.find("leaves an MX host without TLSA opportunistic") != std::string::npos);
+  }
+  {
+    // Every host has TLSA (usable or unusable: none is opportunistic): DANE first, as before.
+    auto [a, text] = ask(*both, full(sts(StsMode::enforce)));
+    INFO(text);
+    CHECK(a.value == "dane");
+    CHECK(a.source == "dane");
+  }
+  {
+    // Partial DANE, no MTA-STS policy: DANE's dane is still better than nothing.
+    auto [a, text] = ask(*both, partial(sts(StsMode::none)));
+    INFO(text);
+    CHECK(a.value == "dane");
+    CHECK(a.source == "dane");
+  }
+  {
+    auto [a, text] = ask(*dane_enc_default, partial(StsFacts{}));
+    INFO(text);
+    CHECK(a.value == "encrypt");
+    CHECK(a.source == "default");
+    CHECK(text.find("discovery never makes a destination weaker than the default") != std::string::npos);
+    CHECK(a.via.find("the default (encrypt) over DANE's dane") != std::string::npos);
+  }
+  {
+    auto [a, text] = ask(*dane_only_enc_default, partial(StsFacts{}));  // dane-only mode, partial: "dane"
+    INFO(text);
+    CHECK(a.value == "encrypt");
+  }
+  {
+    auto [a, text] = ask(*dane_only_enc_default, full(StsFacts{}));  // no host opportunistic: DANE
+    INFO(text);
+    CHECK(a.value == "dane");
+    CHECK(a.source == "dane");
+  }
 }

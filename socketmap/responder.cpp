@@ -15,7 +15,8 @@ bool split_request(std::string_view request, MapName* map, std::string_view* key
   return true;
 }
 
-SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request, const DestinationFacts* facts) {
+SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request, const DestinationFacts* facts,
+                                Answer* static_answer) {
   SocketmapReply r;
   auto space = request.find(' ');
   if (space == std::string_view::npos) {
@@ -33,7 +34,11 @@ SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request, con
   }
   r.map = *map;
   r.known_map = true;
-  r.answer = facts ? query(s, *map, request.substr(space + 1), false, facts) : query(s, *map, request.substr(space + 1));
+  auto key = request.substr(space + 1);
+  if (static_answer && !facts)
+    r.answer = std::move(*static_answer);
+  else
+    r.answer = facts ? query(s, *map, key, false, facts, static_answer) : query(s, *map, key);
   if (r.answer.temp) {
     r.payload = "TEMP ";
     r.payload += printable(std::string_view(r.answer.value).substr(0, 1000));

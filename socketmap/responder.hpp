@@ -21,8 +21,11 @@ struct SocketmapReply {
 
 // facts: what discovery learned about the request's discovery_target()
 // (nullptr: the static answer). An answer with temp set is "TEMP <reason>".
+// static_answer: the static answer discovery_target() already computed for
+// this request (its static_out), used (and moved from) instead of looking
+// the key up again; nullptr to look it up.
 SocketmapReply answer_socketmap(const Snapshot& s, std::string_view request,
-                                const DestinationFacts* facts = nullptr);
+                                const DestinationFacts* facts = nullptr, Answer* static_answer = nullptr);
 // "<map> <key>" of a known map, else false (answer_socketmap says why).
 bool split_request(std::string_view request, MapName* map, std::string_view* key);
 

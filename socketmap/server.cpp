@@ -169,7 +169,11 @@ void SocketmapServer::log_lookup(const Snapshot& s, std::string_view request, co
     return;
   }
   bool rule_hit = r.answer.rule != kNone && !s.rules[r.answer.rule].is_default;
-  if (!opt_.log_all_lookups && !(rule_hit && opt_.log_rule_lookups)) return;
+  // Discovery decided or took part (DANE, MTA-STS, an MX-aware match, TEMP
+  // on a DNS failure, a testing policy that would enforce): logged like a
+  // rule's decision, with its reason.
+  bool discovered = !r.answer.via.empty();
+  if (!opt_.log_all_lookups && !((rule_hit || discovered) && opt_.log_rule_lookups)) return;
   auto key = request.substr(request.find(' ') + 1);
   line_.clear();
   auto out = std::back_inserter(line_);
@@ -184,6 +188,10 @@ void SocketmapServer::log_lookup(const Snapshot& s, std::string_view request, co
       fmt::format_to(out, "default at {}:{})", s.files[rule.file], rule.line);
     else
       fmt::format_to(out, "rule \"{}\" at {}:{})", rule.name, s.files[rule.file], rule.line);
+  }
+  if (discovered && !r.answer.temp) {  // (a TEMP answer's payload has the reason already)
+    line_ += ": ";
+    append_printable(line_, std::string_view(r.answer.via).substr(0, 1000));
   }
   opt_.log_lookup(LOG_INFO, line_);
 }
@@ -262,8 +270,13 @@ void SocketmapServer::answer(Conn& c) {
     FactsPtr facts;
     MapName map;
     std::string_view key;
+    // The static answer, looked up once: discovery_target() needs it, and
+    // it is the answer (or the merge's input) too.
+    Answer static_answer;
+    bool have_static = false;
     if (discover_ && split_request(req, &map, &key)) {
-      if (std::string target = discovery_target(*policy_, map, key); !target.empty()) {
+      have_static = true;
+      if (std::string target = discovery_target(*policy_, map, key, false, &static_answer); !target.empty()) {
         facts = discover_(target, [this, fd = c.fd, id = c.id](const FactsPtr& f) { resume(fd, id, f); });
         if (!facts) {
           c.parked = std::make_unique<Conn::Parked>(Conn::Parked{std::string(req), policy_, t0});
@@ -273,7 +286,7 @@ void SocketmapServer::answer(Conn& c) {
         }
       }
     }
-    SocketmapReply r = answer_socketmap(*policy_, req, facts.get());
+    SocketmapReply r = answer_socketmap(*policy_, req, facts.get(), have_static ? &static_answer : nullptr);
     count(*policy_, r, uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
     c.keep_idle |= r.map == MapName::sendmail_access && r.known_map;
     log_lookup(*policy_, req, r);

@@ -208,6 +208,11 @@ def main():
                   (m(ms, "tlspolicy_mta_sts_policies_applied_total", mode="would_enforce") or 0) >= 1, repr(ms))
             check("log: the testing policy's would-enforce line",
                   "testing.sts.test has a testing policy" in log_of(d, "a"))
+            # A lookup MTA-STS decided is logged with its reason (log_rule_lookups).
+            check("log: the lookup MTA-STS decided names MTA-STS and the policy id",
+                  re.search(r"lookup tls-policy enforce\.sts\.test: OK secure match=\S+ servername=hostname "
+                            r"\(no rule\): MTA-STS enforce \(id ", log_of(d, "a")) is not None,
+                  "\n".join(l for l in log_of(d, "a").splitlines() if "enforce.sts.test" in l)[-800:])
 
             # The slow fetch has finished by now (3 s): the policy is used.
             time.sleep(max(0.0, SLOW_S + 0.5 - (time.monotonic() - t0)))

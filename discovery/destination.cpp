@@ -174,7 +174,11 @@ void Discoverer::cache_facts(const std::shared_ptr<Job>& j) {
   // refresh (the discovery starts it), and never past its expiry.
   if (j->sts_refresh_at) {
     int64_t t = unix_now(), left = j->sts.expires - t;
-    int64_t keep = j->sts_refresh_at > t ? j->sts_refresh_at - t : std::min<int64_t>(settings().failure_ttl, left);
+    // A policy with max_age 0 (valid: expires as it is fetched) is kept
+    // failure_ttl too, or every request would fetch it again.
+    int64_t keep = j->sts_refresh_at > t ? j->sts_refresh_at - t
+                   : left > 0            ? std::min<int64_t>(settings().failure_ttl, left)
+                                         : int64_t(settings().failure_ttl);
     expires = std::min(expires, now + std::chrono::seconds(std::max<int64_t>(0, keep)));
   }
   if (expires <= now) return;
@@ -386,6 +390,17 @@ void Discoverer::complete(const std::shared_ptr<Job>& j, const std::string& fail
           break;
         }
     }
+  }
+  // Failed at the deadline before MTA-STS decided (the TXT answer not in,
+  // or a fetch still running): an unexpired cached policy still applies, as
+  // for a failed TXT lookup (RFC 8461 5): whoever delays the TXT answer, or
+  // any other of the destination's answers, must not strip the policy.
+  if (!failure.empty() && store_ && j->sts.asked && !j->sts.in_force && j->txt_slot != SIZE_MAX &&
+      (!j->answers[j->txt_slot] || j->sts_fetching)) {
+    sts::PolicyStore::Entry* e = store_->find(j->name);
+    if (e && e->policy && e->cached.expires > unix_now())
+      set_sts(*j, e->policy, &e->cached, fmt::format("cache (id {})", e->cached.id),
+              fmt::format("{}: the cached policy applies (RFC 8461 5)", failure));
   }
   f.sts = std::move(j->sts);
   if (failure.empty()) cache_facts(j);

@@ -283,7 +283,12 @@ std::string postfix_answer(const Policy& p, const AnswerOptions& opt) {
   for (const auto& line : p.lines) {
     // "{ name = value }" protects blanks but has no escape for braces: such
     // a line (only possible in an extension field) is left out of the report.
-    if (line.find_first_of("{}") != std::string::npos) continue;
+    // So is one with bytes outside ASCII (an extension value's UTF-8, or
+    // worse): with smtputf8_enable Postfix refuses a table value that is not
+    // valid UTF-8 as a lookup error, and the socketmap answer stays ASCII.
+    if (line.find_first_of("{}") != std::string::npos ||
+        std::any_of(line.begin(), line.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; }))
+      continue;
     out += " { policy_string = ";
     out += line;
     out += " }";

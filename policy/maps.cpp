@@ -662,6 +662,12 @@ struct Outcome {
   bool addr_unknown = false;  // an MX host's addresses could not be looked up
   bool null_mx = false;
   uint32_t mx_rule = kNone;   // the MX-aware rule that matched (the strictest)
+  // Whether that match rests on DNSSEC-secure answers (or on names DNS did
+  // not choose: a [host] next hop, the domain itself as implicit MX). Only
+  // then may the rule's override beat a discovered policy: MTA-STS exists
+  // for the attacker who forges the MX and address answers (RFC 8461 10),
+  // and a forged MX naming the admin's lax host must not switch it off.
+  bool mx_rule_trusted = false;
   std::vector<Step> steps;    // MX-aware matches, the deciding one first
   bool dane = false;          // DANE has an answer
   Level dane_level = Level::dane;
@@ -706,7 +712,7 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
   int best_rank = -1;
   // A step's `via` is made only when the step is kept: the deciding one
   // (its via is the answer's), or every one when explaining.
-  auto consider = [&](const Hit& h, auto&& make_via) {
+  auto consider = [&](const Hit& h, bool trusted, auto&& make_via) {
     uint32_t rule = s.entries[h.entry].rule;
     int r = rank(s.rules[rule].policy.level);
     if (r <= best_rank && !explain) return;
@@ -714,6 +720,7 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
     if (r > best_rank) {
       best_rank = r;
       o.mx_rule = rule;
+      o.mx_rule_trusted = trusted;
       if (explain)
         o.steps.insert(o.steps.begin(), std::move(st));
       else
@@ -723,14 +730,16 @@ Outcome discover(const Snapshot& s, const DestinationFacts& f, bool explain) {
     }
   };
   const char* kind = f.implicit_mx || f.literal ? "host" : "MX";
+  bool names_trusted = f.literal || f.implicit_mx || f.mx_security == DnsSecurity::secure;
   for (auto& host : f.mx) {
+    bool addrs_trusted = names_trusted && host.addr_security == DnsSecurity::secure;
     s.mx_names.visit_domain(host.name, false, [&](const Hit& h) {
-      consider(h, [&] { return fmt::format("{} {} is {}", kind, printable(host.name), printable(s.text(h.entry))); });
+      consider(h, names_trusted, [&] { return fmt::format("{} {} is {}", kind, printable(host.name), printable(s.text(h.entry))); });
       return true;
     });
     for (auto& ip : host.addrs)
       s.destinations.visit_ip(ip, [&](const Hit& h) {
-        consider(h, [&] {
+        consider(h, addrs_trusted, [&] {
           auto ip_text = format_ip(ip);
           return h.prefix == ip.bits() ? fmt::format("{} {} [{}]", kind, printable(host.name), ip_text)
                                        : fmt::format("{} {} [{}] in {}", kind, printable(host.name), ip_text,
@@ -961,7 +970,10 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
 
   // Admin against discovered.
   enum { use_static, use_temp, use_admin, use_disc } winner = use_static;
-  bool admin_override = admin_rule && admin_rule->override_discovery;
+  // An MX-aware override counts only on trusted DNS (Outcome::mx_rule_trusted);
+  // on untrusted DNS it competes as an ordinary rule: the stricter wins.
+  bool admin_override = admin_rule && admin_rule->override_discovery && (by_name || o.mx_rule_trusted);
+  bool override_distrusted = admin_rule && admin_rule->override_discovery && !admin_override;
   if (!temp_reason.empty())
     winner = use_temp;
   else if (admin_rule && disc)
@@ -1012,6 +1024,10 @@ Answer query(const Snapshot& s, MapName map, std::string_view key, bool explain,
       merge_why = o.null_mx ? "the domain publishes a null MX (RFC 7505): it accepts no mail, Postfix returns such "
                               "mail at once"
                             : "no rule for the name or its MX hosts, and no discovered policy";
+    if (override_distrusted && disc)
+      merge_why += fmt::format(" (MX-aware rule \"{}\"'s override counts only on DNSSEC-secure MX and address "
+                               "answers: an insecure one may be forged)",
+                               admin_rule->name);
     if (o.dns_failed && winner != use_temp)
       merge_why += fmt::format(" (DNS failed ({}): MX-aware rules and DANE unknown{})", o.failure,
                                by_name ? "; the rule for the name stands"

@@ -296,6 +296,22 @@ def main():
                   % (hits.get("enforce.sts.test"), https.hits.get("enforce.sts.test")),
                   all(https.hits.get(x) == hits.get(x) for x in ("enforce.sts.test", "wildcard.sts.test")))
 
+            # Review: an enforce policy with max_age 0 (valid: "do not cache")
+            # must not turn every request for the domain into an HTTPS fetch
+            # (and a synchronous SQLite write on the event loop): the facts
+            # are kept failure_ttl like any other, so at most one fetch per
+            # failure_ttl. Before: one fetch per request.
+            https.set_site("nopolicy.sts.test", Site(body=policy("enforce", ["mx.nopolicy.sts.test"], max_age=0),
+                                                     cert=good))
+            time.sleep(2.2)  # past failure_ttl: the earlier failed fetch's facts are gone
+            h0 = https.hits.get("nopolicy.sts.test", 0)
+            for i in range(6):
+                expect("max_age 0: enforced (request %d)" % i, td.ask(port, "nopolicy.sts.test"),
+                       secure("mx.nopolicy.sts.test"))
+            check("max_age 0: not one fetch per request (fetches for 6 requests: %d)"
+                  % (https.hits.get("nopolicy.sts.test", 0) - h0),
+                  https.hits.get("nopolicy.sts.test", 0) - h0 <= 2)
+
             # The CLI: the same discovery; reads the cache, never creates one.
             cli_conf = os.path.join(d, "cli.conf")
             missing = os.path.join(d, "none", "nocache.db")
@@ -365,6 +381,41 @@ def main():
             check("unopenable cache: logged (kept in memory only)", "memory only" in log_of(d, "e"),
                   log_of(d, "e")[-800:])
             check("unopenable cache: nothing created", not os.path.exists(os.path.dirname(nodir)))
+
+            # Review: a cached enforce policy must survive a _mta-sts TXT
+            # lookup that does not answer by the deadline (RFC 8461 5: an
+            # attacker who blocks the TXT lookup cannot strip the policy).
+            # 2500ms.slow.test: every answer (MX, TXT) comes after 2.5 s, past
+            # the 1.5 s deadline; its policy is in the persistent cache. (With
+            # query_timeout under the deadline the TXT answer fails in time and
+            # the cached policy applies: that path was right already.)
+            # Before: the timed-out discovery carried no MTA-STS facts and the
+            # answer was NOTFOUND (Postfix's may: plaintext possible).
+            stop(e)
+            import sqlite3
+            seeded = os.path.join(d, "seeded.db")
+            db = sqlite3.connect(seeded)
+            now = int(time.time())
+            db.executescript(
+                "CREATE TABLE policies(domain TEXT PRIMARY KEY, id TEXT NOT NULL, text BLOB NOT NULL,"
+                " fetched INTEGER NOT NULL, expires INTEGER NOT NULL, last_used INTEGER NOT NULL);"
+                "CREATE INDEX policies_last_used ON policies(last_used);"
+                "PRAGMA application_id=%d; PRAGMA user_version=1;" % 0x544c5350)
+            db.execute("INSERT INTO policies VALUES(?, ?, ?, ?, ?, ?)",
+                       ("2500ms.slow.test", "slow1", policy("enforce", ["mx.slow.test"]).encode(), now,
+                        now + 86400, now))
+            db.commit()
+            db.close()
+            # query_timeout past the deadline: the deadline, not a failed TXT
+            # answer, ends the discovery (a resolver that keeps waiting).
+            g = start(d, "g", conf(fx, port, mport, pki.ca, seeded, connect_to)
+                      .replace("query_timeout = 1000;", "query_timeout = 4000;"))
+            daemons.append(g)
+            if g is None:
+                return
+            expect("TXT lookup past the deadline: the cached enforce policy still applies",
+                   td.ask(port, "2500ms.slow.test"), secure("mx.slow.test"))
+            stop(g)
         finally:
             for p in daemons:
                 stop(p)

@@ -665,3 +665,80 @@ TEST_CASE("partial DANE does not weaken MTA-STS or an enforcing default") {
     CHECK(a.source == "dane");
   }
 }
+
+// Found by review: DANE before MTA-STS hid an MTA-STS enforce policy
+// even when DANE covers only some MX hosts. The answer is then Postfix's
+// opportunistic "dane", under which a host without TLSA gets "may": mail to
+// it can leave in plaintext (STARTTLS stripped on the path), where the
+// domain's MTA-STS enforce policy asked for authenticated TLS to every MX
+// host. RFC 8461 section 2 wants DANE per host and MTA-STS for the others;
+// one Postfix policy per next hop cannot say both, so the stricter
+// (MTA-STS's secure, which the domain itself says its MX hosts support)
+// should win when DANE is partial. Left as a precedence decision for the
+// maintainers. (Fixed since: partial DANE lets MTA-STS enforce decide.)
+TEST_CASE("review: partial DANE beside MTA-STS enforce gives MTA-STS's secure, not opportunistic dane") {
+  auto both = load("dane = \"dane-only\"; mta_sts = { };", kStsRules);
+  auto f = mx("other.test",
+              {host("mail.partner.test", {"192.0.2.10"}, TlsaState::usable),
+               host("mx2.partner.test", {"192.0.2.11"}, TlsaState::none, 20)},
+              DnsSecurity::secure);
+  f.sts = sts(StsMode::enforce, {"mail.partner.test", "mx2.partner.test"});
+  Answer a = query(*both, MapName::tls_policy, "other.test", false, &f);
+  INFO("got " << a.value << " source " << a.source);
+  CHECK(a.value != "dane");
+  CHECK(a.value.starts_with("secure match="));
+}
+
+// Review: an MX-aware override decided by an MX answer that DNSSEC does
+// not protect. MTA-STS exists for the attacker who forges the MX answer
+// (RFC 8461 sections 1 and 10); that attacker names the admin's lax MX host
+// (mx.lax.test, "may", override = true) as victim.test's MX, and the
+// override answered "may" over victim.test's enforce policy: plaintext to
+// the attacker. Only a DNSSEC-secure MX set may pick an MX-aware override
+// over a discovered policy; an insecure one competes as an ordinary rule
+// (the stricter wins). A rule for the name is not chosen by DNS and keeps
+// its override.
+TEST_CASE("an MX-aware override chosen by an insecure MX answer does not beat MTA-STS enforce") {
+  auto sts_only = load("mta_sts = { };", kStsRules);
+  const std::string want = "secure match=mail.victim.test servername=hostname";
+  auto forged = mx("victim.test", {host("mx.lax.test", {"192.0.2.20"})}, DnsSecurity::insecure);
+  forged.sts = sts(StsMode::enforce, {"mail.victim.test"});
+  Answer a = query(*sts_only, MapName::tls_policy, "victim.test", false, &forged);
+  INFO("insecure MX: got " << a.value << " source " << a.source << " via " << a.via);
+  CHECK(a.value == want);
+  CHECK(a.source == "mta-sts");
+  // The same MX answer, DNSSEC-secure: the override stands (as documented).
+  auto signed_mx = forged;
+  signed_mx.mx_security = DnsSecurity::secure;
+  Answer b = query(*sts_only, MapName::tls_policy, "victim.test", false, &signed_mx);
+  INFO("secure MX: got " << b.value << " source " << b.source);
+  CHECK(b.value == "may");
+  CHECK(b.source == "mx-rule");
+  // Without MTA-STS the MX-aware rule answers as before, secure or not.
+  auto plain = forged;
+  plain.sts = StsFacts{};
+  Answer c = query(*sts_only, MapName::tls_policy, "victim.test", false, &plain);
+  CHECK(c.value == "may");
+}
+
+// Found by review: the default never competed with a discovered policy,
+// even when that policy is weaker than the default. With default "encrypt"
+// (the admin wants TLS everywhere) and DANE on, a domain whose DNSSEC-signed
+// MX set has TLSA on one host only gets Postfix's opportunistic "dane": its
+// host without TLSA is then "may", so mail to it can leave in plaintext
+// where the default alone would have deferred it. (Fixed since: an
+// enforcing default is the floor under partial DANE.)
+TEST_CASE("review: opportunistic dane for a partly-TLSA MX set does not beat an encrypt default") {
+  std::string conf = "discovery = { trust_anchor_file = \"" + anchor() + "\"; dane = \"dane\"; };\n"
+                     "default = \"encrypt\";\n"
+                     "outbound = ( { name = \"exempt\"; level = \"may\"; to = \"exempt.test\"; } );\n";
+  auto r = testing::load_text(conf, {}, nullptr);
+  REQUIRE(r.snapshot);
+  auto f = mx("partial.test",
+              {host("mx1.partial.test", {"192.0.2.30"}, TlsaState::usable),
+               host("mx2.partial.test", {"192.0.2.31"}, TlsaState::none, 20)},
+              DnsSecurity::secure);
+  Answer a = query(*r.snapshot, MapName::tls_policy, "partial.test", false, &f);
+  INFO("got " << a.value << " source " << a.source);
+  CHECK(a.value != "dane");
+}

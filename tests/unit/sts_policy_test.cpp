@@ -4,6 +4,8 @@
 
 #include "discovery/mta_sts_policy.hpp"
 
+#include <algorithm>
+
 using namespace tlspolicy::sts;
 
 namespace {
@@ -223,5 +225,31 @@ TEST_CASE("the Postfix answer of an enforce policy, as the peers write it") {
     opt.domain = c.domain;
     if (c.ttl >= 0) opt.ttl = uint32_t(c.ttl);
     CHECK(postfix_answer(*p.policy, opt) == c.want);
+  }
+}
+
+// Review: an extension line is hostile text. Its bytes outside ASCII (UTF-8
+// the parser accepts, or any byte >= 0x80) must not reach the TLSRPT
+// policy_string attributes: with smtputf8_enable (Postfix's default) a
+// table value that is not valid UTF-8 is a lookup error, so the domain's
+// mail would be deferred; and the socketmap answer stays plain ASCII.
+TEST_CASE("the TLSRPT answer stays printable ASCII whatever an extension line holds") {
+  const std::string head = "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 60\n";
+  const std::string lines[] = {"note: gr\xc3\xbc\xc3\x9f\x65\n", "x: \xff\xfe\n", "y: a\x80z\n"};
+  for (const auto& l : lines) {
+    auto p = parse_policy(head + l);
+    INFO("line: " << l << "error: " << p.error);
+    REQUIRE(p.policy);
+    AnswerOptions opt;
+    opt.tlsrpt = true;
+    opt.domain = "example.org";
+    std::string got = postfix_answer(*p.policy, opt);
+    INFO("got: " << got);
+    CHECK(std::all_of(got.begin(), got.end(), [](char c) {
+      auto u = static_cast<unsigned char>(c);
+      return u >= 0x20 && u < 0x7f;
+    }));
+    // The other lines are still reported.
+    CHECK(got.find("{ policy_string = mode: enforce }") != std::string::npos);
   }
 }

@@ -3,24 +3,22 @@
 
 Usage: t_discovery.py DISCOVERY_TESTS [CATCH_ARGS...]
 
-Starts tests/dns/fixture.py in a temp dir, waits for its fixture.env, runs
+Starts tests/dns/fixture.py in a temp dir (fixture.spawn()), runs
 the test binary with the fixture's variables in its environment, stops the
 fixture by its PID. The binary's status is the test's.
 """
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "..", "dns", "fixture.py")
+sys.path.insert(0, os.path.join(HERE, "..", "dns"))
+import fixture  # noqa: E402  (the DNS fixture's own spawn())
 
 
 def start_fixture(d):
-    log = open(os.path.join(d, "fixture.log"), "w")
     # --plain-forwarder: the non-validating forwarder of the
     # trust_forwarder_ad cases; the records: CNAME chains (one secure, one
     # insecure, one from the signed zone into the unsigned one) and TXT.
@@ -35,21 +33,9 @@ def start_fixture(d):
     args = ["--plain-forwarder"]
     for r in records:
         args += ["--record", r]
-    p = subprocess.Popen(["/usr/bin/python3", FIXTURE, "--dir", os.path.join(d, "dns"), *args],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    env_file = os.path.join(d, "dns", "fixture.env")
-    deadline = time.time() + 60
-    while not (os.path.exists(env_file) and os.path.getsize(env_file) > 0):
-        if p.poll() is not None or time.time() > deadline:
-            p.kill()
-            sys.exit("dns fixture did not start:\n" + open(os.path.join(d, "fixture.log")).read())
-        time.sleep(0.1)
-    env = {}
-    for line in open(env_file):
-        if "=" in line:
-            k, v = line.strip().split("=", 1)
-            env[k] = shlex.split(v)[0] if v else ""
-    return p, env
+    # The binary reads the fixture's variables from its environment: strings.
+    p, env = fixture.spawn(os.path.join(d, "dns"), *args)
+    return p, {k: str(v) for k, v in env.items()}
 
 
 def main():

@@ -16,7 +16,6 @@ with an MX-aware rule (127.0.2.0/24), then checks:
 Prints "ok - ..." / "FAIL - ..."; exit 1 if any failed.
 """
 import os
-import shlex
 import signal
 import socket
 import struct
@@ -30,26 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from t_protocol import Client, check, failures, free_port, ns  # noqa: E402
 
 DAEMON = sys.argv[1] if len(sys.argv) > 1 else "build/tlspolicyd"
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "dns", "fixture.py")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "dns"))
+import fixture  # noqa: E402  (the DNS fixture's own spawn())
 
 
 def start_fixture(d):
-    log = open(os.path.join(d, "fixture.log"), "w")
-    p = subprocess.Popen(["/usr/bin/python3", FIXTURE, "--dir", os.path.join(d, "dns"), "--log-queries"],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    env_file = os.path.join(d, "dns", "fixture.env")
-    deadline = time.time() + 60
-    while not (os.path.exists(env_file) and os.path.getsize(env_file) > 0):
-        if p.poll() is not None or time.time() > deadline:
-            p.kill()
-            sys.exit("dns fixture did not start:\n" + open(os.path.join(d, "fixture.log")).read())
-        time.sleep(0.1)
-    env = {}
-    for line in open(env_file):
-        if "=" in line:
-            k, v = line.strip().split("=", 1)
-            env[k] = shlex.split(v)[0] if v else ""
-    return p, env
+    """The DNS fixture with unbound's query log (the tests count queries)."""
+    return fixture.spawn(os.path.join(d, "dns"), "--log-queries")
 
 
 def start_daemon(d, name, port, env, rules, deadline=1500):
